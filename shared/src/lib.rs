@@ -1,0 +1,23 @@
+//! Plumbing shared by the `queue-proxy` and `activator` binaries.
+//!
+//! Everything here is a wire contract with Knative or a mechanism both binaries need, so it lives
+//! once. The pure KPA decision logic is its own crate (`autoscaler`), so that it cannot reach tokio.
+//!
+//! # Layout
+//! - [`error`]: `BoxError` and cause-chain classification (`is_caused_by`, `cause_ref`).
+//! - [`http`]: header names and probe predicates ([`http::headers`]), plain-text responses
+//!   ([`http::response`]), the h1 + h2c server loop with graceful shutdown ([`http::server`]).
+//! - [`breaker`]: Knative's breaker (capacity + bounded queue, permits held to end of body).
+//! - [`stats`]: the `Stat` / `WireStatMessages` protobuf messages.
+//! - [`telemetry`]: zap-style JSON logs, metric names, trace-context propagation.
+//! - [`shutdown`]: SIGTERM/SIGINT into a `CancellationToken`.
+#![deny(missing_docs)]
+
+pub mod breaker;
+pub mod error;
+pub mod http;
+pub mod shutdown;
+pub mod stats;
+pub mod telemetry;
+
+pub use error::BoxError;

@@ -1,0 +1,5 @@
+//! Logs, metric names and trace context: the conventions both binaries share.
+
+pub mod log;
+pub mod metrics;
+pub mod trace;

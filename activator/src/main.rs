@@ -1,6 +1,7 @@
 //! Thin entry point; everything lives in the library.
 
-fn main() {
-    eprintln!("activator: not implemented yet");
-    std::process::exit(1);
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    activator::cli::main(activator::cli::Cli::parse())
 }

@@ -359,6 +359,7 @@ pub fn validate(
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity)]
 mod tests {
     use super::*;
 

@@ -319,6 +319,7 @@ impl RevisionSettings {
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity)]
 mod tests {
     use super::*;
 

@@ -306,6 +306,7 @@ impl MaxTimeWindow {
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity)]
 mod tests {
     use super::*;
 

@@ -470,17 +470,11 @@ fn plot(
         .label("stable average")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
     chart
-        .draw_secondary_series(LineSeries::new(
-            points.iter().map(|p| (p.t, f64::from(p.desired))),
-            &RED,
-        ))?
+        .draw_secondary_series(LineSeries::new(steps(points, |p| p.desired), &RED))?
         .label("desired pods")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
     chart
-        .draw_secondary_series(LineSeries::new(
-            points.iter().map(|p| (p.t, f64::from(p.ready))),
-            &BLACK,
-        ))?
+        .draw_secondary_series(LineSeries::new(steps(points, |p| p.ready), &BLACK))?
         .label("ready pods")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
     chart
@@ -491,6 +485,18 @@ fn plot(
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// A step function through the points: each value holds until the next tick.
+fn steps(points: &[PlotPoint], f: impl Fn(&PlotPoint) -> i32) -> Vec<(f64, f64)> {
+    let mut out = Vec::with_capacity(points.len() * 2);
+    for (i, p) in points.iter().enumerate() {
+        if i > 0 {
+            out.push((p.t, f64::from(f(&points[i - 1]))));
+        }
+        out.push((p.t, f64::from(f(p))));
+    }
+    out
 }
 
 #[cfg(test)]

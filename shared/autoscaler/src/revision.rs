@@ -219,7 +219,7 @@ mod tests {
         // Initially: no data → decider unknown; deployment at initial scale 1 until it's known.
         let snap = r.tick(s(t0), 0, true);
         assert_eq!(snap.decider_desired, -1);
-        // Idle: no pods, scraping yields nothing; the activator reports zeros... push to zero.
+        // Idle: no pods, nothing scraped; the activator reports zeros, so the decider says 0.
         let mut t = t0;
         for _ in 0..5 {
             t += 1;
@@ -250,8 +250,8 @@ mod tests {
             assert_eq!(snap.desired_pods, 1);
             assert!(!snap.panic);
         }
-        // Load stops; after the stable window the average is 0, then the PA holds one more stable
-        // window? No: it holds until active ≥ stable window, then grace.
+        // Load stops: the stable average reaches 0 one stable window later; the PA has then been
+        // active for over a stable window, so it goes inactive and the last pod goes after grace.
         let mut zero_at = None;
         for _ in 0..300 {
             t += 1;
@@ -294,27 +294,24 @@ mod tests {
             let min_s = min.to_string();
             let max_s = max.to_string();
             let st = settings(&[("min-scale", &min_s), ("max-scale", &max_s), ("target", "10")]);
-            let grace = st.scale_to_zero_grace_period;
+            let grace = st.scale_to_zero_grace_period.as_secs();
             let mut r = RevisionAutoscaler::new(st, s(1000), 1);
             let mut ready = 1;
-            let mut inactive_since: Option<u64> = None;
+            let mut last_demand: Option<u64> = None;
             for (i, l) in loads.iter().enumerate() {
                 let t = 1001 + i as u64;
                 r.record_scrape(s(t), &[pod(*l)], ready.max(1));
                 let snap = r.tick(s(t), ready, true);
                 prop_assert!(snap.desired_pods <= max);
                 prop_assert!(snap.desired_pods >= min);
-                if snap.active == Active::Inactive {
-                    let since = *inactive_since.get_or_insert(t);
-                    if snap.desired_pods == 0 {
-                        // Scale to zero only after the decider said 0 and the PA was inactive
-                        // (grace measured from proxy mode, which may predate inactivity).
-                        prop_assert!(snap.decider_desired == 0 || min > 0);
-                        let _ = (since, grace);
+                if snap.decider_desired > 0 {
+                    last_demand = Some(t);
+                }
+                if snap.desired_pods == 0 {
+                    prop_assert_eq!(snap.decider_desired, 0);
+                    if let Some(d) = last_demand {
+                        prop_assert!(t >= d + grace, "zero at {} within grace of demand at {}", t, d);
                     }
-                } else {
-                    inactive_since = None;
-                    prop_assert!(snap.desired_pods >= 1 || snap.decider_desired <= 0);
                 }
                 ready = snap.desired_pods;
             }

@@ -351,6 +351,51 @@ mod tests {
         assert_eq!(sc.reconcile(&st, s(1000), 0, 0, 1, true).replicas, 1);
     }
 
+    proptest::proptest! {
+        /// Never below 1 while in grace: once the decider asked for pods, the last pod is kept for
+        /// at least the grace period after that (TBC = 0, so the SKS serves whenever want > 0).
+        #[test]
+        fn never_zero_within_grace(desired in proptest::collection::vec(0i32..3, 1..200)) {
+            let st = settings(&[("target-burst-capacity", "0")]);
+            let grace = st.scale_to_zero_grace_period.as_secs();
+            let mut sc = Scaler::new(&st, s(0));
+            let mut ready = 0;
+            let mut last_nonzero: Option<u64> = None;
+            for (i, d) in desired.iter().enumerate() {
+                let t = i as u64;
+                if *d > 0 {
+                    last_nonzero = Some(t);
+                }
+                let o = sc.reconcile(&st, s(t), *d, 0, ready, true);
+                if o.replicas == 0 && let Some(ln) = last_nonzero {
+                    proptest::prop_assert!(t >= ln + grace, "zero at {t}, last demand at {ln}");
+                }
+                proptest::prop_assert!(o.replicas >= 0);
+                ready = o.replicas;
+            }
+        }
+
+        /// The applied replicas always respect min/max-scale once a decision was applied.
+        #[test]
+        fn replicas_within_bounds(
+            desired in proptest::collection::vec(-1i32..50, 1..100),
+            min in 0i32..4,
+            extra in 0i32..10,
+        ) {
+            let max = min + extra + 1;
+            let (mn, mx) = (min.to_string(), max.to_string());
+            let st = settings(&[("min-scale", &mn), ("max-scale", &mx)]);
+            let mut sc = Scaler::new(&st, s(0));
+            let mut ready = sc.replicas();
+            for (i, d) in desired.iter().enumerate() {
+                let o = sc.reconcile(&st, s(i as u64), *d, -1, ready, true);
+                proptest::prop_assert!(o.replicas <= max);
+                proptest::prop_assert!(o.replicas >= min);
+                ready = o.replicas;
+            }
+        }
+    }
+
     #[test]
     fn activation_timeout() {
         let st = settings(&[]);

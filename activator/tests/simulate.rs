@@ -204,3 +204,34 @@ fn plot_writes_an_svg() {
     assert!(text.contains("desired pods"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn rps_metric_and_weighted_algorithm() {
+    // RPS: total 200 × 0.7 → target 140; 100 rps → 1 pod.
+    let out = lines(&sim(&[
+        "--annotation",
+        "metric=rps",
+        "raw_steady_then_idle.jsonl",
+    ]));
+    assert_eq!(row(&out[0]).1, 1);
+    let out = lines(&sim(&[
+        "--annotation",
+        "metric=rps",
+        "--annotation",
+        "target=10",
+        "raw_steady_then_idle.jsonl",
+    ]));
+    // target 10 × 0.7 = 7 → ceil(100/7) = 15.
+    assert_eq!(row(&out[0]).1, 15);
+    // Weighted-exponential under-reports a young window (m·v): 0.2 × 70 = 14 → 1 pod, and decays
+    // instead of dropping to 0 at exactly one window.
+    let out = lines(&sim(&[
+        "--annotation",
+        "class=kpa.autoscaling.knative.dev",
+        "--annotation",
+        "metric-aggregation-algorithm=weighted-exponential",
+        "raw_steady_then_idle.jsonl",
+    ]));
+    assert_eq!(row(&out[0]).1, 1);
+    assert!(out.iter().map(row).any(|r| r.1 == 0));
+}

@@ -267,6 +267,46 @@ mod tests {
     }
 
     #[test]
+    fn scale_to_zero_timing() {
+        // (annotations, seconds from inactive to zero)
+        let table: &[(&[(&str, &str)], u64)] = &[
+            // Serve mode (TBC 0): the grace period runs from the switch to proxy.
+            (&[("target-burst-capacity", "0")], 30),
+            // Retention longer than grace.
+            (
+                &[
+                    ("target-burst-capacity", "0"),
+                    ("scale-to-zero-pod-retention-period", "45s"),
+                ],
+                45,
+            ),
+            // Default TBC with one pod: the activator was in the path all along → next tick.
+            (&[], 1),
+        ];
+        for (kv, want) in table {
+            let mut r = RevisionAutoscaler::new(settings(kv), s(0), 1);
+            let mut inactive_at = None;
+            let mut zero_at = None;
+            for t in 1..400u64 {
+                let load = if t < 20 { 1.0 } else { 0.0 };
+                r.record_scrape(s(t), &[pod(load)], 1);
+                let snap = r.tick(s(t), 1, true);
+                if snap.active == Active::Inactive && inactive_at.is_none() {
+                    inactive_at = Some(t);
+                }
+                if snap.desired_pods == 0 {
+                    zero_at = Some(t);
+                    break;
+                }
+            }
+            let (i, z) = (inactive_at.expect("inactive"), zero_at.expect("zero"));
+            // The stable window (60 s) must see no load before the decider says 0.
+            assert!(i >= 79, "{kv:?}: inactive at {i}");
+            assert_eq!(z - i, *want, "{kv:?}");
+        }
+    }
+
+    #[test]
     fn panic_scale_up_and_bounds() {
         let mut r =
             RevisionAutoscaler::new(settings(&[("max-scale", "5"), ("target", "10")]), s(100), 1);

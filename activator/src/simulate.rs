@@ -140,8 +140,8 @@ pub fn parse_line(line: &str) -> Result<(serde_json::Number, TraceLine), String>
         None => return Err("missing \"t\"".to_owned()),
     };
     let t = num("t")?.ok_or("missing \"t\"")?;
-    if t > 1e12 {
-        return Err("\"t\" is too large".to_owned());
+    if t > 1e10 {
+        return Err("\"t\" is too large (at most 1e10 seconds)".to_owned());
     }
     let ready = match obj.get("ready_pods") {
         None => return Err("missing \"ready_pods\"".to_owned()),
@@ -529,6 +529,7 @@ mod tests {
             r#"{"t": -1, "ready_pods": 1, "concurrency": 1}"#,
             r#"{"t": 1, "ready_pods": 1.5, "concurrency": 1}"#,
             r#"{"t": 1, "ready_pods": 1}"#,
+            r#"{"t": 1e11, "ready_pods": 1, "concurrency": 1}"#,
             r#"{"t": 1, "ready_pods": 1, "stable": 1}"#,
             r#"{"t": 1, "ready_pods": 1, "stable": 1, "panic": 1, "rps": 1}"#,
             r#"{"t": 1, "ready_pods": 1, "concurrency": 1, "extra": 1}"#,

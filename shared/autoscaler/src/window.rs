@@ -97,7 +97,9 @@ impl TimedBuckets {
         let bt = self.truncate(t);
         let wi = self.index(t);
         if self.last_write != Some(bt) {
-            let fresh_enough = self.last_write.is_none_or(|lw| bt + self.window > lw);
+            let fresh_enough = self
+                .last_write
+                .is_none_or(|lw| bt.saturating_add(self.window) > lw);
             if !fresh_enough {
                 return; // ≥ one window older than the newest write
             }

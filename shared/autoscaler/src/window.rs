@@ -447,4 +447,32 @@ mod tests {
         tw.record(s(110), 1); // index 55 - 50 = 5 ≥ size 5 → dropped
         assert_eq!(tw.current(), 1);
     }
+
+    proptest::proptest! {
+        /// Arbitrary (also out-of-order) writes never panic and give finite, non-negative
+        /// averages; a constant load over a full window averages to that constant.
+        #[test]
+        fn averages_are_sane(
+            writes in proptest::collection::vec((0u64..500, 0.0f64..1000.0), 0..200),
+            q in 0u64..600,
+            w in 1u64..90,
+            c in 0.0f64..1000.0,
+        ) {
+            for alg in [Algorithm::Linear, Algorithm::WeightedExponential] {
+                let mut b = TimedBuckets::new(alg, s(w), s(1));
+                for &(t, v) in &writes {
+                    b.record(s(t), v);
+                }
+                let a = b.window_average(s(q));
+                proptest::prop_assert!(a.is_finite() && a >= 0.0);
+                let mut full = TimedBuckets::new(alg, s(w), s(1));
+                for t in 0..(3 * w + 60) {
+                    full.record(s(1000 + t), c);
+                }
+                let got = full.window_average(s(1000 + 3 * w + 59));
+                let tol = if alg == Algorithm::Linear { 1e-6 } else { c * 1e-3 + 1e-9 };
+                proptest::prop_assert!((got - c).abs() <= tol, "{:?} w={} c={} got={}", alg, w, c, got);
+            }
+        }
+    }
 }

@@ -6,7 +6,8 @@
 //! # Layout
 //! - [`error`]: `BoxError` and cause-chain classification (`is_caused_by`, `cause_ref`).
 //! - [`http`]: header names and probe predicates ([`http::headers`]), plain-text responses
-//!   ([`http::response`]), the h1 + h2c server loop with graceful shutdown ([`http::server`]).
+//!   ([`http::response`]), the h1 + h2c server loop with graceful shutdown ([`http::server`]),
+//!   the upstream forwarding core ([`http::proxy`]) and body guards ([`http::body`]).
 //! - [`breaker`]: Knative's breaker (capacity + bounded queue, permits held to end of body).
 //! - [`stats`]: the `Stat` / `WireStatMessages` protobuf messages.
 //! - [`telemetry`]: zap-style JSON logs, metric names, trace-context propagation.

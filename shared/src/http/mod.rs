@@ -1,5 +1,7 @@
 //! HTTP plumbing shared by both proxies.
 
+pub mod body;
 pub mod headers;
+pub mod proxy;
 pub mod response;
 pub mod server;

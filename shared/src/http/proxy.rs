@@ -1,0 +1,609 @@
+//! The upstream forwarding core shared by the queue-proxy (→ user container) and the activator
+//! (→ pods): a pooled client, Go `ReverseProxy`-style request/response rewriting, `101` upgrade
+//! tunnelling, and an error type that says whether anything reached the upstream.
+//!
+//! # Public API
+//! - [`ClientOptions`]: pool and dial knobs (idle timeout, idle connections per host, connect
+//!   timeout, TCP keepalive). `TCP_NODELAY` is always on.
+//! - [`Upstream::new(target, &ClientOptions)`](Upstream::new): one pooled HTTP/1.1 client and one
+//!   h2c (prior knowledge) client, both dialling the fixed `target` socket address whatever the
+//!   request's authority says. Cheap to clone (the pools are shared). Build one per target (the
+//!   queue-proxy: `127.0.0.1:USER_PORT`; the activator: one per pod).
+//! - [`Upstream::forward(req)`](Upstream::forward) `-> Result<Response<Incoming>, ProxyError>`:
+//!   rewrites the request ([`prepare_request`]), sends it over h2c if the inbound request is
+//!   HTTP/2 and HTTP/1.1 otherwise (never negotiated, like Knative), strips hop-by-hop response
+//!   headers ([`strip_response`]) and tunnels `101` upgrades. The response body is hyper's
+//!   [`Incoming`]: it streams with backpressure, carries trailers, and is never collected.
+//!   `Upstream` is also a tower `Service<Request<B>>` (`Error = BoxError`, always ready), the
+//!   innermost layer of a stack.
+//! - [`Tunnel`]: inserted into the extensions of a `101` response. The tunnel copies bytes both
+//!   ways until either side closes. Layers above call [`Tunnel::hold`] to keep a guard (breaker
+//!   permit, in-flight count) alive until the tunnel ends, [`Tunnel::close`] to cut it (e.g. a
+//!   revision timeout), and [`Tunnel::closed`] to wait for it.
+//! - [`ProxyError`]: a failure before response headers. [`ProxyError::nothing_sent`] is true when
+//!   the request provably never reached the upstream (connect failed, e.g. connection refused):
+//!   safe to retry on another connection or pod. [`ProxyError::to_response`] renders Go's `502`
+//!   (`dial tcp 127.0.0.1:8080: connect: connection refused\n`, `text/plain`, `nosniff`).
+//! - [`prepare_request`], [`strip_hop_by_hop`], [`strip_response`], [`is_upgrade_request`]: the
+//!   rewriting steps on their own, for callers that need them separately.
+//!
+//! # Request rewriting (Go `httputil.ReverseProxy`, `queue-proxy.md` §5.6)
+//! - Removes `Connection`, `Proxy-Connection`, `Keep-Alive`, `Proxy-Authenticate`,
+//!   `Proxy-Authorization`, `Te`, `Trailer`, `Transfer-Encoding`, `Upgrade` and every header
+//!   named in `Connection`; re-adds `Te: trailers` if the client's `Te` had it, and
+//!   `Connection: Upgrade` + `Upgrade: <proto>` on upgrade requests.
+//! - Appends the TCP peer (from [`ConnInfo`] in the extensions) to `X-Forwarded-For`, joining
+//!   earlier values with `, `.
+//! - Keeps path, raw query, method, `Host`/`:authority`; adds no `User-Agent`, `Accept-Encoding`,
+//!   `Via` or `X-Forwarded-Proto`.
+//!
+//! # Retries
+//! Only what hyper-util's pool does: a request that was handed to a pooled connection which
+//! turned out to be closed before the request was written is retried on a fresh connection
+//! (`retry_canceled_requests`). Nothing else is retried here; callers decide with
+//! [`ProxyError::nothing_sent`].
+//!
+//! # Errors after headers
+//! A failure while streaming the body surfaces as an error from the body; hyper then aborts the
+//! client connection (HTTP/1) or resets the stream (HTTP/2), so a truncated body never looks
+//! complete (Knative §13.11).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{
+    CONNECTION, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+use http::uri::{Authority, Scheme};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio_util::sync::CancellationToken;
+
+use super::headers::X_FORWARDED_FOR;
+use super::response::go_error;
+use super::server::ConnInfo;
+use crate::error::BoxError;
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers Go's `ReverseProxy` removes (`hopHeaders`), except `Trailer` on responses,
+/// see [`strip_response`].
+const HOP_HEADERS: [HeaderName; 9] = [
+    CONNECTION,
+    PROXY_CONNECTION,
+    KEEP_ALIVE,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
+
+/// Pool and dial settings of an [`Upstream`].
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Idle pooled connections are closed after this long. Keep it **below** the app's own
+    /// keep-alive timeout, or the app closes a connection just as we reuse it
+    /// (knative/serving#12414). Default 1.5 s: below gunicorn's 2 s and Node's / uvicorn's 5 s.
+    pub pool_idle_timeout: Duration,
+    /// Idle connections kept per host (Knative: CC if > 0, else 1000).
+    pub pool_max_idle_per_host: usize,
+    /// Dial timeout; `None` waits for the OS. Connection refused always fails at once.
+    pub connect_timeout: Option<Duration>,
+    /// TCP keepalive probe interval on upstream connections (Knative: 5 s).
+    pub tcp_keepalive: Option<Duration>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            pool_idle_timeout: Duration::from_millis(1500),
+            pool_max_idle_per_host: 1000,
+            connect_timeout: Some(Duration::from_secs(20)),
+            tcp_keepalive: Some(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// A connector that dials one fixed address whatever the URI says, so the request URI can carry
+/// the client's authority (it becomes h2 `:authority` and the pool key) while we connect to the
+/// target.
+#[derive(Clone, Debug)]
+struct FixedConnector {
+    inner: HttpConnector,
+    target: Uri,
+}
+
+impl tower::Service<Uri> for FixedConnector {
+    type Response = <HttpConnector as tower::Service<Uri>>::Response;
+    type Error = <HttpConnector as tower::Service<Uri>>::Error;
+    type Future = <HttpConnector as tower::Service<Uri>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        self.inner.call(self.target.clone())
+    }
+}
+
+/// Pooled clients to one upstream address (HTTP/1.1 and h2c prior knowledge).
+#[derive(Debug)]
+pub struct Upstream<B = Incoming> {
+    h1: Client<FixedConnector, B>,
+    h2: Client<FixedConnector, B>,
+    target: SocketAddr,
+    /// `host:port` of the target, used when the request names no authority (HTTP/1.0).
+    target_authority: Authority,
+}
+
+impl<B> Clone for Upstream<B> {
+    fn clone(&self) -> Self {
+        Self {
+            h1: self.h1.clone(),
+            h2: self.h2.clone(),
+            target: self.target,
+            target_authority: self.target_authority.clone(),
+        }
+    }
+}
+
+impl<B> Upstream<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// Builds pooled clients dialling `target`.
+    ///
+    /// # Panics
+    /// Never in practice: a socket address always renders as a valid URI authority.
+    pub fn new(target: SocketAddr, opts: &ClientOptions) -> Self {
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_keepalive(opts.tcp_keepalive);
+        conn.set_connect_timeout(opts.connect_timeout);
+        // The URI passed to `call` is replaced, so its scheme check never sees https.
+        conn.enforce_http(false);
+        let target_authority =
+            Authority::try_from(target.to_string()).expect("a socket address is a valid authority");
+        let target_uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(target_authority.clone())
+            .path_and_query("/")
+            .build()
+            .expect("scheme, authority and / make a valid URI");
+        let connector = FixedConnector {
+            inner: conn,
+            target: target_uri,
+        };
+        let build = |http2_only: bool| {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(opts.pool_idle_timeout)
+                .pool_max_idle_per_host(opts.pool_max_idle_per_host)
+                .retry_canceled_requests(true)
+                // We set Host ourselves (the client's, never the target's).
+                .set_host(false)
+                .http2_only(http2_only);
+            b.build(connector.clone())
+        };
+        Self {
+            h1: build(false),
+            h2: build(true),
+            target,
+            target_authority,
+        }
+    }
+
+    /// The address this upstream dials.
+    pub fn target(&self) -> SocketAddr {
+        self.target
+    }
+
+    /// Forwards `req` and returns the upstream's response head with a streaming body.
+    ///
+    /// The request is rewritten as described in the module docs. An HTTP/2 request goes out
+    /// over h2c, anything else over HTTP/1.1. On an upgrade request answered with `101`, a
+    /// [`Tunnel`] is spawned and inserted into the response extensions; the inbound request must
+    /// carry hyper's `OnUpgrade` (it does when it comes from [`super::server::serve`]).
+    ///
+    /// # Errors
+    /// [`ProxyError`] when no response head arrived.
+    pub async fn forward(&self, mut req: Request<B>) -> Result<Response<Incoming>, ProxyError> {
+        let upgrade = prepare_request(&mut req);
+        let inbound_h2 = req.version() == Version::HTTP_2;
+        let authority = req
+            .uri()
+            .authority()
+            .cloned()
+            .or_else(|| {
+                req.headers()
+                    .get(HOST)
+                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            })
+            .unwrap_or_else(|| self.target_authority.clone());
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(ProxyError::request)?;
+        // Upgrades only exist in HTTP/1.1 (no extended CONNECT, as in Knative).
+        let client_upgrade = if upgrade && !inbound_h2 {
+            Some(hyper::upgrade::on(&mut req))
+        } else {
+            None
+        };
+        let send = if inbound_h2 {
+            *req.version_mut() = Version::HTTP_2;
+            // :authority carries the host; a Host header next to it is not sent by Go either.
+            req.headers_mut().remove(HOST);
+            self.h2.request(req)
+        } else {
+            *req.version_mut() = Version::HTTP_11;
+            if !req.headers().contains_key(HOST)
+                && let Ok(v) = HeaderValue::from_str(authority.as_str())
+            {
+                req.headers_mut().insert(HOST, v);
+            }
+            self.h1.request(req)
+        };
+        let mut resp = send
+            .await
+            .map_err(|e| ProxyError::from_client(e, self.target))?;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                return Err(ProxyError::UnexpectedUpgrade);
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let tunnel = Tunnel::new();
+            tokio::spawn(tunnel.clone().run(client_upgrade, upstream_upgrade));
+            resp.extensions_mut().insert(tunnel);
+            // Keep `Connection: Upgrade` and `Upgrade`; strip the rest.
+            let proto = resp.headers().get(UPGRADE).cloned();
+            strip_response(resp.headers_mut());
+            if let Some(p) = proto {
+                resp.headers_mut().insert(UPGRADE, p);
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+            }
+        } else {
+            strip_response(resp.headers_mut());
+        }
+        Ok(resp)
+    }
+}
+
+impl<B> tower::Service<Request<B>> for Upstream<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Incoming>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.forward(req).await.map_err(Into::into) })
+    }
+}
+
+// === request / response rewriting ===
+
+/// True if the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers: the standard list and every header named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_HEADERS {
+        headers.remove(name);
+    }
+}
+
+/// Rewrites an inbound request for the upstream, in place (module docs). Returns whether it is an
+/// upgrade request. Reads the peer from [`ConnInfo`] in the extensions, if present.
+pub fn prepare_request<B>(req: &mut Request<B>) -> bool {
+    let headers = req.headers_mut();
+    let upgrade_proto = is_upgrade_request(headers)
+        .then(|| headers.get(UPGRADE).cloned())
+        .flatten();
+    let te_trailers = headers
+        .get_all(TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    strip_hop_by_hop(headers);
+    if te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(proto) = &upgrade_proto {
+        headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(UPGRADE, proto.clone());
+    }
+    let peer = req.extensions().get::<ConnInfo>().map(|c| c.remote.ip());
+    if let Some(ip) = peer {
+        append_forwarded_for(req.headers_mut(), &ip.to_string());
+    }
+    upgrade_proto.is_some()
+}
+
+/// Appends `ip` to `X-Forwarded-For`, joining earlier values (several header lines too) with
+/// `, ` into one line, as Go's `ReverseProxy` does.
+pub fn append_forwarded_for(headers: &mut HeaderMap, ip: &str) {
+    let mut value = String::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(s) = v.to_str() {
+            value.push_str(s);
+            value.push_str(", ");
+        }
+    }
+    value.push_str(ip);
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+/// Removes hop-by-hop headers from a response. `Trailer` is kept: it announces trailers, and
+/// hyper's HTTP/1 encoder only sends trailer fields the response announced (Go re-announces
+/// them too).
+pub fn strip_response(headers: &mut HeaderMap) {
+    let trailer: Vec<HeaderValue> = headers.get_all(TRAILER).iter().cloned().collect();
+    strip_hop_by_hop(headers);
+    for v in trailer {
+        headers.append(TRAILER, v);
+    }
+}
+
+// === impl Tunnel ===
+
+/// A running `101` tunnel between the client and the upstream (see the module docs).
+#[derive(Clone, Debug)]
+pub struct Tunnel {
+    inner: Arc<TunnelInner>,
+}
+
+struct TunnelInner {
+    /// `None` once the tunnel ended: later guards are dropped at once.
+    guards: Mutex<Option<Vec<Box<dyn Send>>>>,
+    close: CancellationToken,
+    done: CancellationToken,
+}
+
+impl std::fmt::Debug for TunnelInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelInner")
+            .field("closed", &self.done.is_cancelled())
+            .finish()
+    }
+}
+
+impl Tunnel {
+    fn new() -> Self {
+        Self {
+            inner: Arc::new(TunnelInner {
+                guards: Mutex::new(Some(Vec::new())),
+                close: CancellationToken::new(),
+                done: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Keeps `guard` alive until the tunnel ends (dropped at once if it already ended).
+    pub fn hold<G: Send + 'static>(&self, guard: G) {
+        let mut guards = self.inner.guards.lock().unwrap_or_else(|p| p.into_inner());
+        match guards.as_mut() {
+            Some(v) => v.push(Box::new(guard)),
+            None => {
+                drop(guards);
+                drop(guard);
+            }
+        }
+    }
+
+    /// Cuts the tunnel: both connections are closed.
+    pub fn close(&self) {
+        self.inner.close.cancel();
+    }
+
+    /// Resolves when the tunnel has ended (either side closed, an error, or [`Tunnel::close`]).
+    pub async fn closed(&self) {
+        self.inner.done.cancelled().await;
+    }
+
+    /// True once the tunnel has ended.
+    pub fn is_closed(&self) -> bool {
+        self.inner.done.is_cancelled()
+    }
+
+    async fn run(self, client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+        let copy = async {
+            let (client, upstream) = tokio::try_join!(client, upstream)?;
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+            Ok::<_, BoxError>(())
+        };
+        tokio::select! {
+            res = copy => if let Err(error) = res {
+                tracing::debug!(error = %error, "upgrade tunnel ended with error");
+            },
+            _ = self.inner.close.cancelled() => tracing::debug!("upgrade tunnel closed"),
+        }
+        let guards = self
+            .inner
+            .guards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(guards);
+        self.inner.done.cancel();
+    }
+}
+
+// === impl ProxyError ===
+
+/// A failure before the upstream's response head arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The connection could not be opened: nothing was sent (safe to retry elsewhere).
+    #[error("dial tcp {addr}: connect: {reason}")]
+    Connect {
+        /// The address dialled.
+        addr: SocketAddr,
+        /// Go-style reason (`connection refused`, `i/o timeout`, …).
+        reason: String,
+        /// The client's error.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The request may have (partly) reached the upstream: connection reset, closed before the
+    /// response, protocol error.
+    #[error("{0}")]
+    Transport(#[source] hyper_util::client::legacy::Error),
+    /// The request could not be turned into an upstream request (bad authority).
+    #[error("invalid upstream request: {0}")]
+    Request(#[source] http::Error),
+    /// The upstream answered `101` to a request that cannot be upgraded.
+    #[error("upstream switched protocols on a request that cannot be upgraded")]
+    UnexpectedUpgrade,
+}
+
+impl ProxyError {
+    fn request(e: http::Error) -> Self {
+        Self::Request(e)
+    }
+
+    fn from_client(e: hyper_util::client::legacy::Error, addr: SocketAddr) -> Self {
+        if e.is_connect() {
+            let reason = crate::error::cause_ref::<std::io::Error>(&e)
+                .map(go_io_reason)
+                .unwrap_or_else(|| "connection failed".to_owned());
+            Self::Connect {
+                addr,
+                reason,
+                source: e,
+            }
+        } else {
+            Self::Transport(e)
+        }
+    }
+
+    /// True when the request provably never reached the upstream, so it may be retried on
+    /// another connection or pod.
+    pub fn nothing_sent(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::Request(_))
+    }
+
+    /// Go's `502 Bad Gateway` for this error: body `<error text>\n`, `text/plain`, `nosniff`.
+    pub fn to_response(&self) -> Response<Full<Bytes>> {
+        go_error(StatusCode::BAD_GATEWAY, &self.go_text())
+    }
+
+    /// The error text as Go's transport would print it, as far as we can tell: the whole
+    /// cause chain joined with `: `.
+    pub fn go_text(&self) -> String {
+        match self {
+            Self::Transport(e) => {
+                let mut s = e.to_string();
+                let mut cur = std::error::Error::source(e);
+                while let Some(c) = cur {
+                    s.push_str(": ");
+                    s.push_str(&c.to_string());
+                    cur = c.source();
+                }
+                s
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// An `io::Error` as Go's `syscall.Errno` strings print it.
+fn go_io_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::ConnectionRefused => "connection refused".into(),
+        ErrorKind::TimedOut => "i/o timeout".into(),
+        ErrorKind::ConnectionReset => "connection reset by peer".into(),
+        ErrorKind::AddrNotAvailable => "cannot assign requested address".into(),
+        _ => {
+            let s = e.to_string();
+            // Rust appends " (os error N)"; Go does not.
+            let s = s.split(" (os error").next().unwrap_or(&s);
+            s.to_lowercase()
+        }
+    }
+}
+
+/// A service that answers every error with its response: used where an `Infallible` service is
+/// needed around [`Upstream`] in tests and simple callers.
+pub async fn forward_or_502<B>(
+    upstream: &Upstream<B>,
+    req: Request<B>,
+) -> Result<Response<http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>>, Infallible>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    use http_body_util::BodyExt;
+    Ok(match upstream.forward(req).await {
+        Ok(resp) => resp.map(|b| b.map_err(Into::into).boxed_unsync()),
+        Err(e) => e
+            .to_response()
+            .map(|b| b.map_err(|n| match n {}).boxed_unsync()),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -576,4 +576,128 @@ mod tests {
             assert!(Config::from_map(&map(kv)).is_ok(), "{kv:?}");
         }
     }
+
+    /// Knative's `TestNewConfig` table, restated (minus its "grace window too small" case:
+    /// the specified HEAD only requires a positive grace period).
+    #[test]
+    fn knative_new_config_table() {
+        let c = Config::from_map(&map(&[
+            ("enable-scale-to-zero", "true"),
+            ("max-scale-down-rate", "3.0"),
+            ("max-scale-up-rate", "1.01"),
+            ("container-concurrency-target-percentage", "0.71"),
+            ("container-concurrency-target-default", "10.5"),
+            ("requests-per-second-target-default", "10.11"),
+            ("target-burst-capacity", "12345"),
+            ("scale-down-delay", "15m"),
+            ("stable-window", "5m"),
+            ("tick-interval", "2s"),
+            ("panic-window-percentage", "10"),
+            ("panic-threshold-percentage", "200"),
+            ("pod-autoscaler-class", "some.class"),
+            ("activator-capacity", "905"),
+            ("scale-to-zero-pod-retention-period", "2m3s"),
+        ]))
+        .unwrap();
+        let want = Config {
+            target_burst_capacity: 12345.0,
+            container_concurrency_target_default: 10.5,
+            container_concurrency_target_fraction: 0.71,
+            rps_target_default: 10.11,
+            max_scale_down_rate: 3.0,
+            max_scale_up_rate: 1.01,
+            scale_down_delay: Duration::from_secs(900),
+            stable_window: Duration::from_secs(300),
+            activator_capacity: 905.0,
+            pod_autoscaler_class: "some.class".to_owned(),
+            scale_to_zero_pod_retention_period: Duration::from_secs(123),
+            ..Config::default()
+        };
+        assert_eq!(c, want);
+        let c = Config::from_map(&map(&[
+            ("max-scale-up-rate", "1.001"),
+            ("container-concurrency-target-percentage", "0.5"),
+            ("container-concurrency-target-default", "10.0"),
+            ("target-burst-capacity", "0"),
+            ("stable-window", "5m"),
+            ("activator-capacity", "1"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (
+                c.max_scale_up_rate,
+                c.target_burst_capacity,
+                c.activator_capacity
+            ),
+            (1.001, 0.0, 1.0)
+        );
+        assert_eq!(
+            Config::from_map(&map(&[("container-concurrency-target-percentage", "55")]))
+                .unwrap()
+                .container_concurrency_target_fraction,
+            0.55
+        );
+        assert!(
+            Config::from_map(&map(&[("enable-scale-to-zero", "TRUE")]))
+                .unwrap()
+                .enable_scale_to_zero
+        );
+        let c = Config::from_map(&map(&[
+            ("enable-scale-to-zero", "false"),
+            ("scale-to-zero-grace-period", "33s"),
+        ]))
+        .unwrap();
+        assert!(!c.enable_scale_to_zero);
+        assert_eq!(c.scale_to_zero_grace_period, Duration::from_secs(33));
+        assert_eq!(
+            Config::from_map(&map(&[("max-scale", "10")]))
+                .unwrap()
+                .max_scale,
+            10
+        );
+        for kv in [
+            &[("max-scale-up-rate", "not a float")][..],
+            &[("scale-down-delay", "-1m23s")],
+            &[("scale-to-zero-pod-retention-period", "-4m11s")],
+            &[("stable-window", "not a duration")],
+            &[("target-burst-capacity", "-11")],
+            &[("container-concurrency-target-percentage", "-42")],
+            &[("container-concurrency-target-percentage", "142.4")],
+            &[("requests-per-second-target-default", "-5.25")],
+            &[("max-scale-up-rate", "1")],
+            &[("max-scale-down-rate", "-55")],
+            &[("max-scale-down-rate", "1")],
+            &[("stable-window", "1h1s")],
+            &[("stable-window", "1s")],
+            &[("stable-window", "61984ms")],
+            &[("scale-down-delay", "61984ms")],
+            &[("activator-capacity", "0.95")],
+            &[("panic-window-percentage", "0.1")],
+            &[
+                ("stable-window", "12s"),
+                ("panic-window", "3s"),
+                ("panic-window-percentage", "110"),
+            ],
+            &[
+                ("container-concurrency-target-percentage", "1"),
+                ("container-concurrency-target-default", "0.001"),
+            ],
+            &[
+                ("allow-zero-initial-scale", "false"),
+                ("initial-scale", "0"),
+            ],
+            &[
+                ("allow-zero-initial-scale", "false"),
+                ("initial-scale", "-1"),
+            ],
+            &[
+                ("allow-zero-initial-scale", "false"),
+                ("initial-scale", "invalid"),
+            ],
+            &[("allow-zero-initial-scale", "invalid")],
+            &[("max-scale", "-1")],
+        ] {
+            assert!(Config::from_map(&map(kv)).is_err(), "{kv:?}");
+        }
+    }
 }

@@ -235,3 +235,25 @@ fn rps_metric_and_weighted_algorithm() {
     assert_eq!(row(&out[0]).1, 1);
     assert!(out.iter().map(row).any(|r| r.1 == 0));
 }
+
+#[test]
+fn reads_stdin_and_skips_blank_lines() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_activator"))
+        .args(["simulate", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"t\": 1.5, \"ready_pods\": 1, \"stable\": 0, \"panic\": 0}\n\n{\"t\": 3, \"ready_pods\": 1, \"stable\": 71, \"panic\": 0}\n")
+        .unwrap();
+    let out = lines(&child.wait_with_output().unwrap());
+    assert_eq!(out.len(), 2);
+    assert_eq!(row(&out[0]), (1.5, 0, 100 - 211, false));
+    assert_eq!(row(&out[1]), (3.0, 2, 100 - 211, false));
+}

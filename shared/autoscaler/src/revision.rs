@@ -307,6 +307,22 @@ mod tests {
     }
 
     #[test]
+    fn update_resizes_and_keeps_data() {
+        let mut r = RevisionAutoscaler::new(settings(&[("target", "10")]), s(100), 1);
+        for t in 101..=110 {
+            r.record_scrape(s(t), &[pod(20.0)], 1);
+            r.tick(s(t), 2, true);
+        }
+        r.update(settings(&[("target", "5"), ("window", "10s")]), s(110));
+        assert_eq!(r.settings().panic_window, s(1));
+        let snap = r.tick(s(112), 2, true);
+        // Fresh data kept across the resize; the two trailing empty seconds are dropped from both
+        // sum and count, so the average stays 20 → ceil(20 / (5 × 0.7)) = 6 pods.
+        assert!((snap.stable_concurrency - 20.0).abs() < 1e-9, "{snap:?}");
+        assert_eq!(snap.decider_desired, 6);
+    }
+
+    #[test]
     fn panic_scale_up_and_bounds() {
         let mut r =
             RevisionAutoscaler::new(settings(&[("max-scale", "5"), ("target", "10")]), s(100), 1);

@@ -128,9 +128,10 @@ impl RevisionAutoscaler {
     }
 
     /// Runs the autoscaler at `now`: the decider every [`TICK_INTERVAL`] (or at once after a poke),
-    /// then the scaler. `ready_pods` is the number of ready pods; `activator_in_path` whether the
-    /// activator is confirmed in the request path (always true for local mode).
-    pub fn tick(&mut self, now: Duration, ready_pods: i32, activator_in_path: bool) -> Snapshot {
+    /// then the scaler. `ready_pods` is the number of ready pods; `activator_probe_ok` whether the
+    /// activator is confirmed in the request path before the last pod is removed (Knative probes
+    /// the public service; local mode, where the activator fronts every request, passes true).
+    pub fn tick(&mut self, now: Duration, ready_pods: i32, activator_probe_ok: bool) -> Snapshot {
         let due = self.poke_pending
             || self
                 .last_decision
@@ -158,7 +159,7 @@ impl RevisionAutoscaler {
             self.status.desired_scale,
             self.status.excess_burst_capacity,
             ready_pods,
-            activator_in_path,
+            activator_probe_ok,
         );
         let (sc, pc) = conc.unwrap_or((0.0, 0.0));
         self.last = Snapshot {

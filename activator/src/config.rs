@@ -1,13 +1,353 @@
-//! Activator configuration (placeholder until the activator lands).
+//! Activator settings: Knative's env vars (activator.md §1.1) plus our flags, validated into
+//! [`Config`]; and the activator's `main`.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-/// Activator settings.
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {}
+use clap::Args;
 
-/// Runs the activator.
-pub fn main(_args: ServeArgs) -> ExitCode {
-    eprintln!("activator: not implemented yet");
-    ExitCode::FAILURE
+/// Exit code for a bad setting (`EX_USAGE`).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Activator settings as given on the command line or in the environment.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// This pod's name: `pod_name` in every stat sent to the autoscaler.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// This pod's IP, matched as a string against the activator IPs of a revision (subsetting).
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<String>,
+    /// Namespace of the autoscaler service.
+    #[arg(long, env = "SYSTEM_NAMESPACE")]
+    pub system_namespace: Option<String>,
+    /// Upstream idle connections kept in total (accepted for compatibility; the pool is per pod).
+    #[arg(long, env = "MAX_IDLE_PROXY_CONNS", default_value_t = 1000)]
+    pub max_idle_proxy_conns: usize,
+    /// Upstream idle connections kept per pod.
+    #[arg(long, env = "MAX_IDLE_PROXY_CONNS_PER_HOST", default_value_t = 100)]
+    pub max_idle_proxy_conns_per_host: usize,
+    /// Deadline of one round of pod probes (Go duration).
+    #[arg(long, env = "PROBE_TIMEOUT", default_value = "300ms")]
+    pub probe_timeout: String,
+    /// Slow re-probe tick (Go duration).
+    #[arg(long, env = "PROBE_FREQUENCY", default_value = "200ms")]
+    pub probe_frequency: String,
+    /// Cluster domain for `<rev>.<ns>.svc.<domain>` hosts and the autoscaler address.
+    #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Control-plane source: `file:PATH` (JSON or YAML, re-read on change).
+    #[arg(long, env = "ACTIVATOR_SOURCE")]
+    pub source: Option<String>,
+    /// Where stats go: `autoscaler` (ws://autoscaler.<SYSTEM_NAMESPACE>.svc.<domain>:8080),
+    /// a `ws://` URL, or `none`.
+    #[arg(long, env = "ACTIVATOR_STATS_SINK", default_value = "autoscaler")]
+    pub stats_sink: String,
+    /// HTTP/1 (+h2c) listener (Knative port 8012).
+    #[arg(long, env = "ACTIVATOR_HTTP1_ADDR", default_value = "0.0.0.0:8012")]
+    pub http1_addr: SocketAddr,
+    /// h2c listener (Knative port 8013).
+    #[arg(long, env = "ACTIVATOR_H2C_ADDR", default_value = "0.0.0.0:8013")]
+    pub h2c_addr: SocketAddr,
+    /// Prometheus metrics listener (Knative port 9090); `none` disables it.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: String,
+    /// How long to keep serving after the first SIGTERM before closing listeners.
+    #[arg(long, env = "ACTIVATOR_DRAIN_DELAY", default_value = "45s")]
+    pub drain_delay: String,
+    /// Most requests held per revision (beyond it: 503 `pending request queue full`).
+    #[arg(long, env = "ACTIVATOR_MAX_QUEUED_REQUESTS", default_value_t = 10_000)]
+    pub max_queued_requests: usize,
+    /// Most bytes pinned by held requests, all revisions together (head + 2 KiB each).
+    #[arg(long, env = "ACTIVATOR_MAX_QUEUED_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_queued_bytes: usize,
+    /// Log level override (else info).
+    #[arg(long, env = "ACTIVATOR_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// Where the control plane comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// `file:PATH`.
+    File(PathBuf),
+}
+
+/// Where stats go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkSpec {
+    /// Nowhere.
+    None,
+    /// A websocket URL.
+    Websocket(String),
+}
+
+/// Validated settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `POD_NAME`.
+    pub pod_name: String,
+    /// `POD_IP`.
+    pub pod_ip: String,
+    /// `SYSTEM_NAMESPACE`.
+    pub system_namespace: String,
+    /// Idle connections per pod.
+    pub max_idle_per_host: usize,
+    /// Probe round deadline.
+    pub probe_timeout: Duration,
+    /// Slow probe tick.
+    pub probe_frequency: Duration,
+    /// `CLUSTER_DOMAIN`.
+    pub cluster_domain: String,
+    /// Source (`None` only for in-process use, where the caller feeds the catalog).
+    pub source: Option<SourceSpec>,
+    /// Stats destination.
+    pub sink: SinkSpec,
+    /// Listener addresses (the binary binds them; `run` takes bound listeners).
+    pub http1_addr: SocketAddr,
+    /// h2c listener address.
+    pub h2c_addr: SocketAddr,
+    /// Metrics listener address.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Serve this long after the first signal.
+    pub drain_delay: Duration,
+    /// Held requests per revision.
+    pub max_queued_requests: usize,
+    /// Held bytes in total.
+    pub max_queued_bytes: usize,
+    /// Log level override.
+    pub log_level: Option<String>,
+}
+
+impl Config {
+    /// Settings for in-process use (tests, `activator local`): no source, stats discarded,
+    /// Knative's probe timings, no drain delay.
+    pub fn in_process(pod_name: &str, pod_ip: &str) -> Self {
+        Self {
+            pod_name: pod_name.to_owned(),
+            pod_ip: pod_ip.to_owned(),
+            system_namespace: "knative-serving".to_owned(),
+            max_idle_per_host: 100,
+            probe_timeout: Duration::from_millis(300),
+            probe_frequency: Duration::from_millis(200),
+            cluster_domain: "cluster.local".to_owned(),
+            source: None,
+            sink: SinkSpec::None,
+            http1_addr: ([127, 0, 0, 1], 0).into(),
+            h2c_addr: ([127, 0, 0, 1], 0).into(),
+            metrics_addr: None,
+            drain_delay: Duration::ZERO,
+            max_queued_requests: 10_000,
+            max_queued_bytes: 64 * 1024 * 1024,
+            log_level: None,
+        }
+    }
+}
+
+/// A setting is invalid; the message names it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {name}: {reason}")]
+pub struct ConfigError {
+    /// The env var / flag.
+    pub name: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+fn bad(name: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        name,
+        reason: reason.into(),
+    }
+}
+
+fn duration(name: &'static str, v: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(v.trim()).map_err(|e| bad(name, format!("{v:?}: {e}")))
+}
+
+fn required(name: &'static str, v: Option<String>) -> Result<String, ConfigError> {
+    v.filter(|s| !s.is_empty())
+        .ok_or_else(|| bad(name, "required"))
+}
+
+impl TryFrom<ServeArgs> for Config {
+    type Error = ConfigError;
+
+    fn try_from(a: ServeArgs) -> Result<Self, ConfigError> {
+        let system_namespace = required("SYSTEM_NAMESPACE", a.system_namespace)?;
+        let source = match a.source.as_deref() {
+            None | Some("") => {
+                return Err(bad(
+                    "--source",
+                    "required (file:PATH; the Kubernetes source is not built yet)",
+                ));
+            }
+            Some(s) => match s.split_once(':') {
+                Some(("file", p)) if !p.is_empty() => Some(SourceSpec::File(PathBuf::from(p))),
+                _ => return Err(bad("--source", format!("{s:?}: expected file:PATH"))),
+            },
+        };
+        let sink = match a.stats_sink.as_str() {
+            "none" => SinkSpec::None,
+            "autoscaler" => SinkSpec::Websocket(format!(
+                "ws://autoscaler.{system_namespace}.svc.{}:8080",
+                a.cluster_domain
+            )),
+            u if u.starts_with("ws://") || u.starts_with("wss://") => {
+                SinkSpec::Websocket(u.to_owned())
+            }
+            other => {
+                return Err(bad(
+                    "--stats-sink",
+                    format!("{other:?}: expected autoscaler, none or a ws:// URL"),
+                ));
+            }
+        };
+        let metrics_addr = match a.metrics_addr.as_str() {
+            "none" | "" => None,
+            s => Some(
+                s.parse()
+                    .map_err(|e| bad("METRICS_ADDR", format!("{s:?}: {e}")))?,
+            ),
+        };
+        let probe_timeout = duration("PROBE_TIMEOUT", &a.probe_timeout)?;
+        let probe_frequency = duration("PROBE_FREQUENCY", &a.probe_frequency)?;
+        if probe_frequency.is_zero() {
+            return Err(bad("PROBE_FREQUENCY", "must be > 0"));
+        }
+        if probe_timeout.is_zero() {
+            return Err(bad("PROBE_TIMEOUT", "must be > 0"));
+        }
+        if a.max_queued_requests == 0 {
+            return Err(bad("ACTIVATOR_MAX_QUEUED_REQUESTS", "must be > 0"));
+        }
+        Ok(Self {
+            pod_name: required("POD_NAME", a.pod_name)?,
+            pod_ip: required("POD_IP", a.pod_ip)?,
+            system_namespace,
+            max_idle_per_host: a.max_idle_proxy_conns_per_host,
+            probe_timeout,
+            probe_frequency,
+            cluster_domain: a.cluster_domain,
+            source,
+            sink,
+            http1_addr: a.http1_addr,
+            h2c_addr: a.h2c_addr,
+            metrics_addr,
+            drain_delay: duration("ACTIVATOR_DRAIN_DELAY", &a.drain_delay)?,
+            max_queued_requests: a.max_queued_requests,
+            max_queued_bytes: a.max_queued_bytes,
+            log_level: a.log_level,
+        })
+    }
+}
+
+/// Runs the activator: validate, bind, serve until signalled.
+pub fn main(args: ServeArgs) -> ExitCode {
+    let config = match Config::try_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("activator: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let level = shared::telemetry::log::resolve_level(config.log_level.as_deref(), None);
+    shared::telemetry::log::init(
+        shared::telemetry::log::LogFormat::Zap(shared::telemetry::log::ZapFormat {
+            logger: "activator".into(),
+            key: None,
+            pod: Some(config.pod_name.clone()),
+        }),
+        level,
+    );
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("activator: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(crate::serve_process(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn args() -> ServeArgs {
+        ServeArgs {
+            pod_name: Some("a".into()),
+            pod_ip: Some("10.0.0.1".into()),
+            system_namespace: Some("knative-serving".into()),
+            max_idle_proxy_conns: 1000,
+            max_idle_proxy_conns_per_host: 100,
+            probe_timeout: "300ms".into(),
+            probe_frequency: "200ms".into(),
+            cluster_domain: "cluster.local".into(),
+            source: Some("file:/x.yaml".into()),
+            stats_sink: "autoscaler".into(),
+            http1_addr: ([0, 0, 0, 0], 8012).into(),
+            h2c_addr: ([0, 0, 0, 0], 8013).into(),
+            metrics_addr: "0.0.0.0:9090".into(),
+            drain_delay: "45s".into(),
+            max_queued_requests: 10,
+            max_queued_bytes: 10,
+            log_level: None,
+        }
+    }
+
+    #[test]
+    fn valid_defaults() {
+        let c = Config::try_from(args()).unwrap();
+        assert_eq!(
+            c.sink,
+            SinkSpec::Websocket("ws://autoscaler.knative-serving.svc.cluster.local:8080".into())
+        );
+        assert_eq!(c.probe_timeout, Duration::from_millis(300));
+        assert_eq!(c.drain_delay, Duration::from_secs(45));
+        assert_eq!(c.source, Some(SourceSpec::File("/x.yaml".into())));
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let mut a = args();
+        a.probe_timeout = "soon".into();
+        assert_eq!(Config::try_from(a).unwrap_err().name, "PROBE_TIMEOUT");
+        let mut a = args();
+        a.pod_ip = None;
+        assert_eq!(Config::try_from(a).unwrap_err().name, "POD_IP");
+        let mut a = args();
+        a.source = Some("kube:".into());
+        assert_eq!(Config::try_from(a).unwrap_err().name, "--source");
+    }
+
+    #[test]
+    fn knative_env_names() {
+        let cmd = crate::cli::Cli::command();
+        let envs: Vec<String> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+            .collect();
+        for name in [
+            "POD_NAME",
+            "POD_IP",
+            "SYSTEM_NAMESPACE",
+            "MAX_IDLE_PROXY_CONNS",
+            "MAX_IDLE_PROXY_CONNS_PER_HOST",
+            "PROBE_TIMEOUT",
+            "PROBE_FREQUENCY",
+            "CLUSTER_DOMAIN",
+        ] {
+            assert!(
+                envs.iter().any(|e| e == name),
+                "{name} missing from {envs:?}"
+            );
+        }
+    }
 }

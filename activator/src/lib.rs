@@ -3,13 +3,255 @@
 //! # Layout
 //! - [`cli`]: the command line and subcommand dispatch.
 //! - [`config`]: activator settings (Knative env vars) and the activator's `main`.
+//! - [`catalog`]: the revision catalog every control-plane source feeds.
+//! - [`source`]: control-plane sources (`file:PATH`).
+//! - [`manager`]: one throttler and one prober per revision.
+//! - [`throttler`]: per-revision capacity, bounded wait queue, pod assignment.
+//! - [`lb`]: load-balancing picks.
+//! - [`probe`]: pod readiness probing.
+//! - [`reporter`]: concurrency reporter and stats sinks (autoscaler websocket, channel).
+//! - [`proxy`]: the activator's rewriting for the hop to a pod.
+//! - [`stack`]: the request path.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`simulate`]: the autoscaler what-if simulator.
 //! - [`local`]: Knative Services as local processes.
+//!
+//! In-process use (tests, `activator local`): build a [`catalog::Catalog`], a
+//! [`reporter::StatsSink`] (e.g. [`reporter::StatsSink::channel`] feeding an embedded KPA), bind
+//! listeners, and call [`run`].
 //!
 //! Contract: `../shared/docs/activator.md`.
 #![warn(missing_docs)]
 
+pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod lb;
 pub mod local;
+pub mod manager;
+pub mod metrics;
+pub mod probe;
+pub mod proxy;
+pub mod reporter;
 pub mod simulate;
+pub mod source;
+pub mod stack;
+pub mod throttler;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use prometheus_client::registry::Registry;
+use shared::http::proxy::ClientOptions;
+use shared::http::server::{ServerOptions, serve};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+use crate::config::{Config, SinkSpec, SourceSpec};
+use crate::manager::Manager;
+use crate::metrics::Metrics;
+use crate::probe::ProbeSettings;
+use crate::reporter::{ConnMetrics, Reporter, StatsSink, WebsocketSink};
+use crate::stack::{Handler, Health};
+use crate::throttler::QueueLimits;
+
+/// Bound listeners.
+#[derive(Debug)]
+pub struct Listeners {
+    /// HTTP/1 + h2c (Knative 8012).
+    pub http1: TcpListener,
+    /// h2c (Knative 8013); both ports serve the same handler and accept h1 and h2c.
+    pub h2c: Option<TcpListener>,
+    /// Prometheus metrics (Knative 9090).
+    pub metrics: Option<TcpListener>,
+}
+
+/// Shutdown signals.
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown {
+    /// First signal: fail kubelet health, serve for the drain delay, then stop accepting and
+    /// wait for in-flight requests.
+    pub drain: CancellationToken,
+    /// Second signal: stop waiting and return at once.
+    pub exit: CancellationToken,
+}
+
+/// `run` failed to start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The file source could not be loaded.
+    #[error(transparent)]
+    Source(#[from] source::file::FileSourceError),
+}
+
+/// Runs the activator until `shutdown` (see [`Shutdown`]). With `config.source` set to a file,
+/// the file is loaded into `catalog` and followed; otherwise the caller feeds `catalog`.
+///
+/// # Errors
+/// [`RunError`] when startup fails (the file source cannot be read).
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    catalog: Catalog,
+    stats_sink: StatsSink,
+    shutdown: Shutdown,
+) -> Result<(), RunError> {
+    let background = CancellationToken::new();
+    let _stop_background = background.clone().drop_guard();
+    if let Some(SourceSpec::File(path)) = &config.source {
+        let src = source::file::FileSource::start(path.clone(), catalog.clone())?;
+        tokio::spawn(src.run(background.clone()));
+    }
+    let mut registry = Registry::default();
+    let conn = match &stats_sink {
+        StatsSink::Websocket(ws) => ws.metrics().clone(),
+        _ => ConnMetrics::default(),
+    };
+    let metrics = Arc::new(Metrics::register(&mut registry, conn));
+    let registry = Arc::new(registry);
+
+    let client_opts = ClientOptions {
+        pool_max_idle_per_host: config.max_idle_per_host,
+        ..ClientOptions::default()
+    };
+    let mut manager = Manager::new(
+        config.pod_ip.clone(),
+        QueueLimits::new(config.max_queued_requests, config.max_queued_bytes),
+        client_opts,
+        ProbeSettings {
+            timeout: config.probe_timeout,
+            frequency: config.probe_frequency,
+        },
+        Arc::clone(&metrics),
+        background.clone(),
+    );
+    let rx = catalog.subscribe();
+    // The first snapshot is applied before listening, so known revisions never 404.
+    manager.apply(&rx.borrow().clone());
+    let throttlers = Arc::clone(&manager.throttlers);
+    tokio::spawn(manager.run(rx));
+
+    let m = Arc::clone(&metrics);
+    let reporter = Reporter::new(config.pod_name.clone(), stats_sink.clone(), move |k, v| {
+        m.set_concurrency(k, v)
+    });
+    tokio::spawn(Arc::clone(&reporter).run(background.clone()));
+
+    let health = Health::new(stats_sink);
+    let handler = Arc::new(Handler {
+        throttlers,
+        reporter,
+        health: Arc::clone(&health),
+        cluster_domain: config.cluster_domain.clone(),
+        metrics,
+    });
+    let stop_accepting = CancellationToken::new();
+    let mut servers = tokio::task::JoinSet::new();
+    for l in std::iter::once(listeners.http1).chain(listeners.h2c) {
+        servers.spawn(serve(
+            l,
+            Arc::clone(&handler).service(),
+            ServerOptions::default(),
+            stop_accepting.clone(),
+        ));
+    }
+    if let Some(l) = listeners.metrics {
+        let reg = Arc::clone(&registry);
+        let svc = tower::service_fn(move |_req| {
+            let body = shared::telemetry::metrics::render(&reg);
+            async move {
+                let mut r = Response::new(Full::new(bytes::Bytes::from(body)));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(
+                        shared::telemetry::metrics::PROMETHEUS_CONTENT_TYPE,
+                    ),
+                );
+                *r.status_mut() = StatusCode::OK;
+                Ok::<_, std::convert::Infallible>(r)
+            }
+        });
+        let opts = ServerOptions {
+            http1_only: true,
+            ..ServerOptions::default()
+        };
+        // The metrics port stays up until the process ends (scrapes during drain).
+        tokio::spawn(serve(l, svc, opts, background.clone()));
+    }
+
+    tokio::select! {
+        _ = shutdown.drain.cancelled() => {}
+        _ = shutdown.exit.cancelled() => return Ok(()),
+    }
+    health.start_draining();
+    tracing::info!(delay = ?config.drain_delay, "draining: failing kubelet probes, still serving");
+    tokio::select! {
+        _ = tokio::time::sleep(config.drain_delay) => {}
+        _ = shutdown.exit.cancelled() => return Ok(()),
+    }
+    stop_accepting.cancel();
+    tokio::select! {
+        _ = async { while servers.join_next().await.is_some() {} } => {}
+        _ = shutdown.exit.cancelled() => {}
+    }
+    Ok(())
+}
+
+/// The binary's process around [`run`]: binds the configured listeners, installs signal
+/// handlers, connects the stats sink. Exit code 1 on a second signal or a startup failure.
+pub async fn serve_process(config: Config) -> ExitCode {
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("listening on {addr}: {e}"))
+    };
+    let listeners = async {
+        Ok::<_, String>(Listeners {
+            http1: bind(config.http1_addr).await?,
+            h2c: Some(bind(config.h2c_addr).await?),
+            metrics: match config.metrics_addr {
+                Some(a) => Some(bind(a).await?),
+                None => None,
+            },
+        })
+    }
+    .await;
+    let listeners = match listeners {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (drain, exit) = match shared::shutdown::signals() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let sink_stop = CancellationToken::new();
+    let sink = match &config.sink {
+        SinkSpec::None => StatsSink::Discard,
+        SinkSpec::Websocket(url) => {
+            StatsSink::Websocket(WebsocketSink::spawn(url.clone(), sink_stop.clone()))
+        }
+    };
+    let shutdown = Shutdown {
+        drain,
+        exit: exit.clone(),
+    };
+    let res = run(config, listeners, Catalog::new(), sink, shutdown).await;
+    sink_stop.cancel();
+    match res {
+        Err(e) => {
+            tracing::error!(error = %e, "activator failed");
+            ExitCode::FAILURE
+        }
+        Ok(()) if exit.is_cancelled() => ExitCode::FAILURE,
+        Ok(()) => ExitCode::SUCCESS,
+    }
+}

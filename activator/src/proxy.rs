@@ -1,0 +1,149 @@
+//! The activator's hop to a pod: Knative's activator-specific rewriting (activator.md §3.4) on
+//! top of the shared forwarding core [`shared::http::proxy::Upstream`], plus a request body that
+//! can be taken back when a dial failed, so a refused request is retried on another pod.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{HOST, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{Request, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use shared::error::BoxError;
+use shared::http::headers::{
+    K_ORIGINAL_HOST, K_PROXY_REQUEST, KNATIVE_SERVING_NAMESPACE, KNATIVE_SERVING_REVISION,
+    PROXY_REQUEST_ACTIVATOR,
+};
+
+/// A request body whose inner [`Incoming`] can be reclaimed after a failed dial (nothing was
+/// read from it then). The mutex is only taken inside `poll_frame`, never across an await.
+#[derive(Clone, Debug, Default)]
+pub struct ReclaimBody {
+    inner: Arc<Mutex<Option<Incoming>>>,
+}
+
+impl ReclaimBody {
+    /// Wraps `body`.
+    pub fn new(body: Incoming) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Some(body))),
+        }
+    }
+
+    /// An empty body (probes).
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Takes the inner body back; `None` for an empty body.
+    pub fn take(&self) -> Option<Incoming> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl Body for ReclaimBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// Rewrites an inbound request for `dest` the way Knative's activator does:
+/// `K-Original-Host` = inbound Host (unless already set), Host = the dest, `K-Proxy-Request:
+/// activator`, and the `Knative-Serving-Revision`/`-Namespace` routing headers removed. The
+/// shared core adds hop-by-hop stripping and `X-Forwarded-For`.
+pub fn rewrite_for_dest<B>(req: &mut Request<B>, dest: &str) {
+    let inbound_host = req.headers().get(HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let headers = req.headers_mut();
+    if !headers.contains_key(K_ORIGINAL_HOST)
+        && let Some(h) = inbound_host
+    {
+        headers.insert(K_ORIGINAL_HOST, h);
+    }
+    headers.remove(HOST);
+    headers.insert(
+        K_PROXY_REQUEST,
+        HeaderValue::from_static(PROXY_REQUEST_ACTIVATOR),
+    );
+    headers.remove(KNATIVE_SERVING_REVISION);
+    headers.remove(KNATIVE_SERVING_NAMESPACE);
+    if let Ok(authority) = Authority::try_from(dest) {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        if let Ok(uri) = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(pq)
+            .build()
+        {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activator_headers() {
+        let mut req = Request::builder()
+            .uri("/p?q=1")
+            .header(HOST, "hello.default.example.com")
+            .header(KNATIVE_SERVING_REVISION, "r")
+            .header(KNATIVE_SERVING_NAMESPACE, "ns")
+            .body(())
+            .unwrap();
+        rewrite_for_dest(&mut req, "10.0.0.1:8012");
+        assert_eq!(req.uri(), "http://10.0.0.1:8012/p?q=1");
+        assert!(req.headers().get(HOST).is_none());
+        assert_eq!(req.headers()[K_ORIGINAL_HOST], "hello.default.example.com");
+        assert_eq!(req.headers()[K_PROXY_REQUEST], "activator");
+        assert!(req.headers().get(KNATIVE_SERVING_REVISION).is_none());
+        assert!(req.headers().get(KNATIVE_SERVING_NAMESPACE).is_none());
+        // An existing K-Original-Host wins.
+        let mut req = Request::builder()
+            .uri("/")
+            .header(HOST, "b")
+            .header(K_ORIGINAL_HOST, "a")
+            .body(())
+            .unwrap();
+        rewrite_for_dest(&mut req, "10.0.0.1:8012");
+        assert_eq!(req.headers()[K_ORIGINAL_HOST], "a");
+    }
+}

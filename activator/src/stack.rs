@@ -1,0 +1,378 @@
+//! The activator's request path, in the contract's order (activator.md §3.1), outermost first:
+//!
+//! 1. **Health**: kubelet probes (`kube-probe/` UA or `K-Kubelet-Probe`) are answered here: 200
+//!    when healthy, 500 `<reason>\n` when draining or not connected to the autoscaler.
+//! 2. **Network probe** `K-Network-Probe: probe`: echoes `K-Network-Hash` (400 without it). Any
+//!    other request loses its `K-Network-Hash` header.
+//! 3. **Activator probe**: `K-Network-Probe: activator` → 200 `activator` (the KPA's
+//!    scale-to-zero handshake depends on it); other values → 400.
+//! 4. **Revision resolution** from `Knative-Serving-Namespace`/`-Revision`, else the host
+//!    `<rev>.<ns>.svc.<domain>`; unknown → 404 with Knative's text.
+//! 5. **Concurrency reporting**: wraps everything below, so held requests count.
+//! 6. **Timeout**: `timeoutSeconds` (and `responseStartTimeoutSeconds`) until the response head,
+//!    including the time held → 504 `activator request timeout`.
+//! 7. **Throttler**: wait for capacity and a pod; bounded queue → 503.
+//! 8. **Proxy**: rewrite for the pod and forward; a refused dial ejects the pod and retries
+//!    another one (nothing was sent).
+//!
+//! Every stage is a plain async step of [`Handler::handle`]; it is exposed to hyper as a tower
+//! service that never fails ([`Handler::service`]), because a service error would abort the
+//! connection. Permits and the in-flight mark ride in the response body until it ends.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use http::header::HeaderValue;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use shared::error::BoxError;
+use shared::http::body::Guarded;
+use shared::http::headers::{
+    self, K_NETWORK_HASH, K_NETWORK_PROBE, KNATIVE_SERVING_NAMESPACE, KNATIVE_SERVING_REVISION,
+    PROBE_ACTIVATOR, X_KNATIVE_ACTIVATOR_HOLD_MS,
+};
+use shared::http::proxy::{ProxyError, Tunnel, is_upgrade_request};
+use shared::http::response::{empty, go_error};
+use shared::http::server::ConnInfo;
+use tokio::time::Instant;
+
+use crate::catalog::RevisionKey;
+use crate::metrics::Metrics;
+use crate::proxy::{ReclaimBody, rewrite_for_dest};
+use crate::reporter::{Reporter, StatsSink};
+use crate::throttler::RevisionThrottler;
+
+/// Response body of the activator.
+pub type RespBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// How many pods a refused request is tried on.
+const MAX_DIAL_ATTEMPTS: usize = 3;
+
+/// Fixed per-request overhead counted against the byte bound besides the head itself
+/// (connection buffers and task state while held).
+const HELD_REQUEST_OVERHEAD: usize = 2048;
+
+/// Kubelet health: draining or not connected to the autoscaler means unhealthy.
+#[derive(Debug)]
+pub struct Health {
+    draining: AtomicBool,
+    sink: StatsSink,
+}
+
+impl Health {
+    /// Healthy unless draining, or the stats sink is a websocket that is not connected.
+    pub fn new(sink: StatsSink) -> Arc<Self> {
+        Arc::new(Self {
+            draining: AtomicBool::new(false),
+            sink,
+        })
+    }
+
+    /// Fails kubelet probes from now on (first SIGTERM).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// `None` when healthy, else the reason.
+    pub fn unhealthy_reason(&self) -> Option<&'static str> {
+        if self.draining.load(Ordering::Acquire) {
+            return Some("received SIGTERM from kubelet");
+        }
+        self.sink.unhealthy_reason()
+    }
+}
+
+/// The request handler (all stages).
+#[derive(Debug)]
+pub struct Handler {
+    /// Throttlers by revision (kept up to date by the manager).
+    pub throttlers: Arc<DashMap<RevisionKey, Arc<RevisionThrottler>>>,
+    /// Concurrency reporter.
+    pub reporter: Arc<Reporter>,
+    /// Kubelet health.
+    pub health: Arc<Health>,
+    /// Cluster domain for `<rev>.<ns>.svc.<domain>` hosts.
+    pub cluster_domain: String,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+fn full(resp: Response<Full<Bytes>>) -> Response<RespBody> {
+    resp.map(|b| b.map_err(|n| match n {}).boxed_unsync())
+}
+
+/// Go's `html.EscapeString`.
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '\'' => out.push_str("&#39;"),
+            '"' => out.push_str("&#34;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Revision from the routing headers, else from a `<rev>.<ns>.svc.<domain>[:port]` host.
+pub fn resolve_key<B>(req: &Request<B>, cluster_domain: &str) -> RevisionKey {
+    let ns = headers::first(req.headers(), &KNATIVE_SERVING_NAMESPACE).unwrap_or("");
+    let name = headers::first(req.headers(), &KNATIVE_SERVING_REVISION).unwrap_or("");
+    if !ns.is_empty() && !name.is_empty() {
+        return RevisionKey::new(ns, name);
+    }
+    let host = headers::first(req.headers(), &http::header::HOST)
+        .or_else(|| req.uri().host())
+        .unwrap_or("");
+    let parts: Vec<&str> = host.splitn(4, '.').collect();
+    if parts.len() == 4 && parts[2] == "svc" {
+        let domain = parts[3].rsplit_once(':').map_or(parts[3], |(d, _)| d);
+        if domain == cluster_domain {
+            return RevisionKey::new(parts[1], parts[0]);
+        }
+    }
+    RevisionKey::new(ns, name)
+}
+
+fn head_bytes<B>(req: &Request<B>) -> usize {
+    let h: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    h + req.uri().to_string().len() + HELD_REQUEST_OVERHEAD
+}
+
+impl Handler {
+    /// The handler as an always-ready, infallible tower service for `shared::http::server::serve`.
+    pub fn service(
+        self: Arc<Self>,
+    ) -> impl tower::Service<
+        Request<Incoming>,
+        Response = Response<RespBody>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<RespBody>, Infallible>> + Send,
+    > + Clone
+    + Send
+    + 'static {
+        tower::service_fn(move |req| {
+            let this = Arc::clone(&self);
+            async move { Ok::<_, Infallible>(this.handle(req).await) }
+        })
+    }
+
+    /// Handles one request (module docs).
+    pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<RespBody> {
+        // 1. Kubelet health.
+        if headers::is_kubelet_probe(req.headers()) {
+            return full(match self.health.unhealthy_reason() {
+                None => empty(StatusCode::OK),
+                Some(reason) => go_error(StatusCode::INTERNAL_SERVER_ERROR, reason),
+            });
+        }
+        // 2. Network probe with hash echo.
+        if headers::is_kprobe(req.headers()) {
+            return full(
+                match req.headers().get(K_NETWORK_HASH).filter(|v| !v.is_empty()) {
+                    Some(hash) => {
+                        let mut r = empty(StatusCode::OK);
+                        r.headers_mut().insert(K_NETWORK_HASH, hash.clone());
+                        r
+                    }
+                    None => go_error(
+                        StatusCode::BAD_REQUEST,
+                        "a probe request must contain a non-empty \"K-Network-Hash\" header",
+                    ),
+                },
+            );
+        }
+        req.headers_mut().remove(K_NETWORK_HASH);
+        // 3. Activator probe.
+        if let Some(v) = req.headers().get(K_NETWORK_PROBE).filter(|v| !v.is_empty()) {
+            return full(if v.as_bytes() == PROBE_ACTIVATOR.as_bytes() {
+                let mut r = Response::new(Full::new(Bytes::from_static(b"activator")));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static(shared::http::response::TEXT_PLAIN_UTF8),
+                );
+                r
+            } else {
+                let shown = html_escape(&String::from_utf8_lossy(v.as_bytes()));
+                go_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("unexpected probe header value: \"{shown}\""),
+                )
+            });
+        }
+        // 4. Revision resolution.
+        let key = resolve_key(&req, &self.cluster_domain);
+        let Some(throttler) = self.throttlers.get(&key).map(|t| Arc::clone(&t)) else {
+            return full(go_error(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "Error getting active endpoint: revision.serving.knative.dev \"{}\" not found",
+                    key.name
+                ),
+            ));
+        };
+        // 5. Concurrency reporting (held requests count).
+        let in_flight = self.reporter.request_in(&key);
+        // 6. Timeout over throttling and the response head.
+        let spec = throttler.spec();
+        let limit = spec
+            .response_start_timeout
+            .map_or(spec.timeout, |r| r.min(spec.timeout));
+        match tokio::time::timeout(limit, self.activate(&throttler, req)).await {
+            Ok(Ok((resp, lease))) => self.finish(resp, (lease, in_flight)),
+            Ok(Err(resp)) => resp,
+            Err(_) => full(shared::http::response::sniffed_text(
+                StatusCode::GATEWAY_TIMEOUT,
+                "activator request timeout",
+            )),
+        }
+    }
+
+    fn finish<G: Send + 'static>(&self, resp: Response<Incoming>, guard: G) -> Response<RespBody> {
+        if let Some(tunnel) = resp.extensions().get::<Tunnel>().cloned() {
+            tunnel.hold(guard);
+            let (parts, _) = resp.into_parts();
+            return Response::from_parts(
+                parts,
+                Empty::new().map_err(|n| match n {}).boxed_unsync(),
+            );
+        }
+        resp.map(|b| Guarded::new(b.map_err(BoxError::from), guard).boxed_unsync())
+    }
+
+    async fn activate(
+        &self,
+        throttler: &Arc<RevisionThrottler>,
+        req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, crate::throttler::Lease), Response<RespBody>> {
+        let arrived = Instant::now();
+        let bytes = head_bytes(&req);
+        let retryable = !is_upgrade_request(req.headers());
+        let (parts, body) = req.into_parts();
+        // Upgrade requests keep hyper's upgrade handle (in the extensions) and are never retried.
+        let mut original = Some(parts);
+        let body = ReclaimBody::new(body);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let lease = throttler
+                .acquire(bytes)
+                .await
+                .map_err(|e| full(go_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())))?;
+            let dest = lease.tracker().dest.clone();
+            let parts = match &original {
+                Some(p) if retryable => clone_parts(p),
+                _ => match original.take() {
+                    Some(p) => p,
+                    None => {
+                        return Err(full(go_error(
+                            StatusCode::BAD_GATEWAY,
+                            "request already sent",
+                        )));
+                    }
+                },
+            };
+            let mut out = Request::from_parts(parts, body.clone());
+            rewrite_for_dest(&mut out, &dest);
+            match lease.tracker().upstream.forward(out).await {
+                Ok(mut resp) => {
+                    if lease.waited {
+                        let held = arrived.elapsed();
+                        self.metrics.hold.observe(held.as_secs_f64());
+                        if let Ok(v) = HeaderValue::from_str(&held.as_millis().to_string()) {
+                            resp.headers_mut().insert(X_KNATIVE_ACTIVATOR_HOLD_MS, v);
+                        }
+                    }
+                    return Ok((resp, lease));
+                }
+                Err(e)
+                    if e.nothing_sent()
+                        && retryable
+                        && !lease.cluster_ip
+                        && attempt < MAX_DIAL_ATTEMPTS =>
+                {
+                    tracing::info!(revision = %throttler.key, dest = %dest, error = %e, "pod refused the connection; ejecting and retrying");
+                    drop(lease);
+                    throttler.eject(&dest);
+                }
+                Err(e) => return Err(proxy_error(&throttler.key, &e)),
+            }
+        }
+    }
+}
+
+fn proxy_error(key: &RevisionKey, e: &ProxyError) -> Response<RespBody> {
+    tracing::warn!(revision = %key, error = %e, "error proxying the request");
+    full(e.to_response())
+}
+
+/// Request parts for one attempt. The connection facts and hyper's upgrade handle (only present
+/// on upgrade requests, which are never retried) are carried over.
+fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let mut b = Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.clone())
+        .version(parts.version);
+    if let Some(h) = b.headers_mut() {
+        *h = parts.headers.clone();
+    }
+    let (mut p, ()) = b
+        .body(())
+        .map(Request::into_parts)
+        .unwrap_or_else(|_| Request::new(()).into_parts());
+    if let Some(info) = parts.extensions.get::<ConnInfo>() {
+        p.extensions.insert(*info);
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolution_from_headers_and_host() {
+        let r = Request::builder()
+            .header("knative-serving-namespace", "ns")
+            .header("knative-serving-revision", "rev")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            resolve_key(&r, "cluster.local"),
+            RevisionKey::new("ns", "rev")
+        );
+        for host in ["rev.ns.svc.cluster.local", "rev.ns.svc.cluster.local:80"] {
+            let r = Request::builder().header("host", host).body(()).unwrap();
+            assert_eq!(
+                resolve_key(&r, "cluster.local"),
+                RevisionKey::new("ns", "rev"),
+                "{host}"
+            );
+        }
+        let r = Request::builder()
+            .header("host", "rev.ns.svc.other")
+            .body(())
+            .unwrap();
+        assert_eq!(resolve_key(&r, "cluster.local"), RevisionKey::new("", ""));
+    }
+
+    #[test]
+    fn html_escaping_like_go() {
+        assert_eq!(
+            html_escape("<a href=\"x\">'&"),
+            "&lt;a href=&#34;x&#34;&gt;&#39;&amp;"
+        );
+    }
+}

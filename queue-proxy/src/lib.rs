@@ -1,5 +1,255 @@
-//! queue-proxy: Knative's per-pod sidecar, in Rust.
+//! queue-proxy: Knative's per-pod sidecar, in Rust. Contract: `../shared/docs/queue-proxy.md`;
+//! operator notes: `docs/queue-proxy.md`.
 //!
 //! # Layout
-//! (filled in as the modules land; contract in `../shared/docs/queue-proxy.md`)
+//! - [`config`]: Knative's environment variables → [`Config`].
+//! - [`stack`]: the serving port's tower layers (rescue, drain/probe, timeouts, forwarded shim,
+//!   stats, breaker, upstream client).
+//! - [`observe`]: in-flight count, request log and request metrics (outermost layer).
+//! - [`stats`]: the autoscaler's 1 s window and the protobuf `Stat` reporter.
+//! - [`drain`]: Knative's Drainer (quiet period, reset).
+//! - [`probe`]: the user container's readiness probe (`SERVING_READINESS_PROBE`).
+//! - [`admin`]: `/wait-for-drain`, the `Stat` endpoint and the Prometheus endpoint.
+//! - [`reqlog`]: request-log templates.
+//!
+//! [`run`] serves everything on listeners the caller bound, so tests run in-process on
+//! `127.0.0.1:0`.
 #![warn(missing_docs)]
+
+pub mod admin;
+pub mod config;
+pub mod drain;
+pub mod observe;
+pub mod probe;
+pub mod reqlog;
+pub mod stack;
+pub mod stats;
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+pub use config::Config;
+use prometheus_client::registry::Registry;
+use shared::breaker::{Breaker, BreakerParams};
+use shared::http::proxy::{ClientOptions, Upstream};
+use shared::http::server::{ServerOptions, serve};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Longest wait, after the listeners closed, for upgraded connections and h2 streams to end
+/// (Knative's hijack drain: 60 s).
+pub const UPGRADE_DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
+/// Bound listeners.
+#[derive(Debug)]
+pub struct Listeners {
+    /// `QUEUE_SERVING_PORT`.
+    pub serving: TcpListener,
+    /// `QUEUE_ADMIN_PORT`.
+    pub admin: TcpListener,
+    /// `QUEUE_METRICS_PORT`.
+    pub metrics: TcpListener,
+    /// The user-metrics port, when request metrics are Prometheus.
+    pub user_metrics: Option<TcpListener>,
+}
+
+async fn bind_any(port: u16) -> std::io::Result<TcpListener> {
+    // Go's `:port` listens on every interface, IPv4 and IPv6; fall back to IPv4 where IPv6 is
+    // unavailable.
+    match TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).await {
+        Ok(l) => Ok(l),
+        Err(_) => TcpListener::bind(("0.0.0.0", port)).await,
+    }
+}
+
+impl Listeners {
+    /// Binds every port of `config` on all interfaces.
+    ///
+    /// # Errors
+    /// A port that cannot be bound.
+    pub async fn bind(config: &Config) -> std::io::Result<Self> {
+        Ok(Self {
+            serving: bind_any(config.serving_port).await?,
+            admin: bind_any(config.admin_port).await?,
+            metrics: bind_any(config.metrics_port).await?,
+            user_metrics: match config.user_metrics_port {
+                Some(p) => Some(bind_any(p).await?),
+                None => None,
+            },
+        })
+    }
+
+    /// Binds every port on `127.0.0.1:0` (tests).
+    ///
+    /// # Errors
+    /// Binding fails.
+    pub async fn local(user_metrics: bool) -> std::io::Result<Self> {
+        let b = || TcpListener::bind("127.0.0.1:0");
+        Ok(Self {
+            serving: b().await?,
+            admin: b().await?,
+            metrics: b().await?,
+            user_metrics: if user_metrics { Some(b().await?) } else { None },
+        })
+    }
+}
+
+/// Runs the queue-proxy until `shutdown` is cancelled (SIGTERM), then drains as Knative does:
+/// probes fail at once, requests are still served until `QUEUE_DRAIN_SECONDS` pass without
+/// one, the serving listener closes, in-flight requests finish (bounded by the revision
+/// timeout), upgraded connections get up to 60 s, and the function returns.
+///
+/// # Errors
+/// Request-log template errors (the only start-up failure left after config parsing).
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), reqlog::TemplateError> {
+    let started = Instant::now();
+    let obs = &config.observability;
+    let log = if obs.enable_request_log && !obs.request_log_template.is_empty() {
+        Some((
+            reqlog::Template::parse(&obs.request_log_template)?,
+            reqlog::Revision {
+                name: config.revision.clone(),
+                namespace: config.namespace.clone(),
+                service: config.service.clone(),
+                configuration: config.configuration.clone(),
+                pod_name: config.pod.clone(),
+                pod_ip: config.pod_ip.clone(),
+            },
+        ))
+    } else {
+        None
+    };
+    let mut registry = Registry::default();
+    let metrics = listeners
+        .user_metrics
+        .as_ref()
+        .map(|_| Arc::new(observe::Metrics::register(&mut registry)));
+    let registry = Arc::new(registry);
+    let observer = observe::Observer::new(metrics, log, obs.enable_probe_request_log);
+    let in_flight = observer.in_flight.clone();
+
+    let cc = config.container_concurrency;
+    let breaker = (cc > 0).then(|| Breaker::new(BreakerParams::for_container_concurrency(cc)));
+    let upstream = Upstream::new(
+        SocketAddr::from(([127, 0, 0, 1], config.user_port)),
+        &ClientOptions {
+            pool_max_idle_per_host: if cc > 0 { cc } else { 1000 },
+            ..ClientOptions::default()
+        },
+    );
+    let stats = stats::Stats::new(started);
+    let reporter = stats::Reporter::new(&config.pod);
+    let drainer = drain::Drainer::new(config.drain_quiet_period);
+    let prober = probe::Prober::new(config.readiness_probes.clone(), config.http2_auto_detection);
+    let terminating = Arc::new(AtomicBool::new(false));
+
+    let side = CancellationToken::new();
+    let serving_token = CancellationToken::new();
+    tokio::spawn(reporter.clone().run(
+        stats.clone(),
+        config.pod.clone(),
+        started,
+        Duration::from_secs(1),
+        side.clone(),
+    ));
+
+    for (name, l) in [
+        ("serving", Some(&listeners.serving)),
+        ("admin", Some(&listeners.admin)),
+        ("metrics", Some(&listeners.metrics)),
+        ("user-metrics", listeners.user_metrics.as_ref()),
+    ] {
+        if let Some(addr) = l.and_then(|l| l.local_addr().ok()) {
+            tracing::info!(listener = name, addr = %addr, "listening");
+        }
+    }
+
+    let svc = stack::stack(stack::StackParts {
+        upstream,
+        breaker,
+        stats,
+        timeouts: stack::Timeouts {
+            total: config.revision_timeout,
+            response_start: config.response_start_timeout,
+            idle: config.idle_timeout,
+        },
+        drainer: drainer.clone(),
+        prober,
+        observer,
+    });
+    let serving = tokio::spawn(serve(
+        listeners.serving,
+        svc,
+        ServerOptions::default(),
+        serving_token.clone(),
+    ));
+
+    let side_opts = ServerOptions {
+        http1_only: true,
+        ..ServerOptions::default()
+    };
+    let admin_svc = {
+        let (drainer, terminating) = (drainer.clone(), terminating.clone());
+        tower::service_fn(move |req| admin::admin(req, drainer.clone(), terminating.clone()))
+    };
+    tokio::spawn(serve(
+        listeners.admin,
+        admin_svc,
+        side_opts.clone(),
+        side.clone(),
+    ));
+    let metrics_svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        std::future::ready(Ok::<_, std::convert::Infallible>(
+            admin::autoscaler_metrics(&req, &reporter),
+        ))
+    });
+    tokio::spawn(serve(
+        listeners.metrics,
+        metrics_svc,
+        side_opts.clone(),
+        side.clone(),
+    ));
+    if let Some(l) = listeners.user_metrics {
+        let registry = registry.clone();
+        let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            std::future::ready(Ok::<_, std::convert::Infallible>(admin::user_metrics(
+                &req, &registry,
+            )))
+        });
+        tokio::spawn(serve(l, svc, ServerOptions {
+            header_read_timeout: Duration::from_secs(5),
+            ..side_opts
+        }, side.clone()));
+    }
+
+    shutdown.cancelled().await;
+    tracing::info!("Received TERM signal, attempting to gracefully shutdown servers.");
+    terminating.store(true, Ordering::Release);
+    drainer.drain().await;
+    tracing::info!("Drain complete, closing the serving listener.");
+    serving_token.cancel();
+    // HTTP/1 requests in flight finish (Knative waits without limit; the kubelet's grace period,
+    // equal to the revision timeout, bounds it there, so we bound it the same way).
+    let limit = config.revision_timeout.max(Duration::from_secs(1));
+    if tokio::time::timeout(limit, serving).await.is_err() {
+        tracing::warn!("serving connections still open at the revision timeout");
+    }
+    // Upgraded connections and h2 streams (Knative's hijack drain).
+    let deadline = tokio::time::Instant::now() + UPGRADE_DRAIN_LIMIT;
+    while in_flight.get() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("Hijack connection drain failed");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    side.cancel();
+    tracing::info!("Shutdown complete, exiting...");
+    Ok(())
+}

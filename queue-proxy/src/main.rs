@@ -1,6 +1,70 @@
-//! Thin entry point; everything lives in the library.
+//! Thin entry point: parse the environment, set up logs, run the library until SIGTERM.
+
+use clap::Parser;
+use queue_proxy::config::{Cli, Config};
+use shared::telemetry::log::{LogFormat, ZapFormat, init, resolve_level};
+
+/// sysexits `EX_CONFIG`: a missing or invalid variable.
+const EXIT_CONFIG: i32 = 64;
 
 fn main() {
-    eprintln!("queue-proxy: not implemented yet");
-    std::process::exit(1);
+    let config = match Cli::try_parse().map_err(|e| e.to_string()).and_then(|cli| {
+        Config::try_from(cli).map_err(|e| e.to_string())
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("queue-proxy: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    let level = resolve_level(
+        Some(config.logging_level.as_str()).filter(|s| !s.is_empty()),
+        Some(config.logging_config.as_str()).filter(|s| !s.is_empty()),
+    );
+    init(
+        LogFormat::Zap(ZapFormat {
+            logger: "queueproxy".into(),
+            key: Some(format!("{}/{}", config.namespace, config.revision)),
+            pod: Some(config.pod.clone()),
+        }),
+        level,
+    );
+    // Worker threads follow `available_parallelism`, which honours the cgroup CPU quota
+    // (what Go's automaxprocs does for Knative's sidecar).
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("queue-proxy: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = rt.block_on(async move {
+        let (first, second) = match shared::shutdown::signals() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                return 1;
+            }
+        };
+        // A second signal exits at once with 1 (knative.dev/pkg/signals).
+        tokio::spawn(async move {
+            second.cancelled().await;
+            std::process::exit(1);
+        });
+        let listeners = match queue_proxy::Listeners::bind(&config).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "Failed to bring up queue-proxy, shutting down.");
+                return 1;
+            }
+        };
+        match queue_proxy::run(config, listeners, first).await {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!(error = %e, "invalid configuration");
+                EXIT_CONFIG
+            }
+        }
+    });
+    std::process::exit(code);
 }

@@ -238,12 +238,15 @@ impl Entry {
     }
 }
 
+/// Callback receiving each revision's adjusted concurrency.
+type OnReport = Box<dyn Fn(&RevisionKey, f64) + Send + Sync>;
+
 /// Per-revision concurrency accounting and the 1 s reporting loop.
 pub struct Reporter {
     pod_name: String,
     entries: Mutex<HashMap<RevisionKey, Entry>>,
     sink: StatsSink,
-    on_report: Box<dyn Fn(&RevisionKey, f64) + Send + Sync>,
+    on_report: OnReport,
 }
 
 impl std::fmt::Debug for Reporter {

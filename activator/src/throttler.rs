@@ -399,7 +399,7 @@ impl RevisionThrottler {
         };
         let mut trackers: Vec<_> = healthy.iter().filter_map(|d| make(d)).collect();
         trackers.sort_by(|a, b| a.dest.cmp(&b.dest));
-        st.cluster_ip = cluster_ip.and_then(|d| make(d));
+        st.cluster_ip = cluster_ip.and_then(make);
         st.trackers = trackers;
         st.backends = if st.cluster_ip.is_some() {
             ready_count

@@ -1,0 +1,848 @@
+//! Black-box tests of the activator: `run` in-process (and the real binary for signals and exit
+//! codes) against fake queue-proxies on 127.0.0.1 that answer probes and count concurrency.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use activator::catalog::{Catalog, Endpoints, RevisionKey, RevisionSpec};
+use activator::config::Config;
+use activator::reporter::{StatsSink, WebsocketSink};
+use activator::{Listeners, Shutdown};
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use prost::Message as _;
+use shared::stats::WireStatMessages;
+use tokio::net::TcpListener;
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+// === fake queue-proxy ===
+
+#[derive(Default)]
+struct Pod {
+    ready: AtomicBool,
+    current: AtomicUsize,
+    max: AtomicUsize,
+    hits: AtomicUsize,
+    probes: AtomicUsize,
+    delay_ms: AtomicUsize,
+    last_headers: Mutex<Option<HeaderMap>>,
+}
+
+struct FakePod {
+    addr: SocketAddr,
+    state: Arc<Pod>,
+    stop: CancellationToken,
+}
+
+impl Drop for FakePod {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn fake_pod_on(listener: TcpListener, ready: bool, delay_ms: usize) -> FakePod {
+    let addr = listener.local_addr().unwrap();
+    let state = Arc::new(Pod::default());
+    state.ready.store(ready, Ordering::SeqCst);
+    state.delay_ms.store(delay_ms, Ordering::SeqCst);
+    let stop = CancellationToken::new();
+    let st = Arc::clone(&state);
+    let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let st = Arc::clone(&st);
+        async move {
+            if req
+                .headers()
+                .get("k-network-probe")
+                .is_some_and(|v| v == "queue")
+            {
+                st.probes.fetch_add(1, Ordering::SeqCst);
+                let ok = st.ready.load(Ordering::SeqCst);
+                let mut r = Response::new(Full::new(Bytes::from_static(if ok {
+                    b"queue"
+                } else {
+                    b""
+                })));
+                *r.status_mut() = if ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                return Ok::<_, Infallible>(r);
+            }
+            *st.last_headers.lock().unwrap() = Some(req.headers().clone());
+            st.hits.fetch_add(1, Ordering::SeqCst);
+            let now = st.current.fetch_add(1, Ordering::SeqCst) + 1;
+            st.max.fetch_max(now, Ordering::SeqCst);
+            let d = st.delay_ms.load(Ordering::SeqCst);
+            if d > 0 {
+                tokio::time::sleep(Duration::from_millis(d as u64)).await;
+            }
+            st.current.fetch_sub(1, Ordering::SeqCst);
+            Ok(Response::new(Full::new(Bytes::from(addr.to_string()))))
+        }
+    });
+    tokio::spawn(shared::http::server::serve(
+        listener,
+        svc,
+        shared::http::server::ServerOptions::default(),
+        stop.clone(),
+    ));
+    FakePod { addr, state, stop }
+}
+
+async fn fake_pod(ready: bool, delay_ms: usize) -> FakePod {
+    fake_pod_on(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        ready,
+        delay_ms,
+    )
+    .await
+}
+
+// === the activator in-process ===
+
+struct Activator {
+    addr: SocketAddr,
+    metrics: SocketAddr,
+    catalog: Catalog,
+    shutdown: Shutdown,
+}
+
+impl Drop for Activator {
+    fn drop(&mut self) {
+        self.shutdown.exit.cancel();
+    }
+}
+
+async fn start(config: Config, sink: StatsSink) -> Activator {
+    let http1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = http1.local_addr().unwrap();
+    let maddr = metrics.local_addr().unwrap();
+    let catalog = Catalog::new();
+    let shutdown = Shutdown::default();
+    let listeners = Listeners {
+        http1,
+        h2c: None,
+        metrics: Some(metrics),
+    };
+    tokio::spawn(activator::run(
+        config,
+        listeners,
+        catalog.clone(),
+        sink,
+        shutdown.clone(),
+    ));
+    Activator {
+        addr,
+        metrics: maddr,
+        catalog,
+        shutdown,
+    }
+}
+
+fn key() -> RevisionKey {
+    RevisionKey::new("ns", "rev")
+}
+
+fn spec(cc: u32) -> RevisionSpec {
+    RevisionSpec {
+        container_concurrency: cc,
+        ..RevisionSpec::default()
+    }
+}
+
+fn eps(pods: &[&FakePod]) -> Endpoints {
+    Endpoints {
+        ready: pods.iter().map(|p| p.addr.to_string()).collect(),
+        ..Endpoints::default()
+    }
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn get(c: &HttpClient, a: &Activator, host: &str) -> (StatusCode, HeaderMap, String) {
+    let req = Request::builder()
+        .uri(format!("http://{}/", a.addr))
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = timeout(DEADLINE, c.request(req))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+const HOST: &str = "rev.ns.svc.cluster.local";
+
+async fn gauge(a: &Activator, name: &str) -> f64 {
+    let c = client();
+    let req = Request::builder()
+        .uri(format!("http://{}/metrics", a.metrics))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let body = c
+        .request(req)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains("kn_revision_name=\"rev\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn wait_for(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let end = Instant::now() + DEADLINE;
+    while !cond().await {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn config() -> Config {
+    Config::in_process("activator-0", "10.0.0.1")
+}
+
+// === tests ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_then_release_from_zero() {
+    let a = start(config(), StatsSink::Discard).await;
+    a.catalog.upsert_revision(key(), spec(1));
+    let c = client();
+    let n = 20;
+    let mut reqs = Vec::new();
+    for _ in 0..n {
+        let (c, a2) = (c.clone(), a.addr);
+        reqs.push(tokio::spawn(async move {
+            let req = Request::builder()
+                .uri(format!("http://{a2}/x"))
+                .header("knative-serving-namespace", "ns")
+                .header("knative-serving-revision", "rev")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let resp = timeout(DEADLINE, c.request(req)).await.unwrap().unwrap();
+            let held = resp.headers().contains_key("x-knative-activator-hold-ms");
+            (resp.status(), held)
+        }));
+    }
+    wait_for("all requests held", async || {
+        gauge(&a, "kn_revision_request_queued").await == n as f64
+    })
+    .await;
+    let pod = fake_pod(true, 5).await;
+    a.catalog.set_endpoints(&key(), eps(&[&pod]));
+    for r in reqs {
+        let (status, held) = r.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(held, "held requests carry the hold header");
+    }
+    assert_eq!(pod.state.hits.load(Ordering::SeqCst), n);
+    assert_eq!(pod.state.max.load(Ordering::SeqCst), 1, "cc = 1 enforced");
+    assert_eq!(gauge(&a, "kn_revision_request_queued").await, 0.0);
+    // The pod saw the activator's headers.
+    let h = pod.state.last_headers.lock().unwrap().clone().unwrap();
+    assert_eq!(h["k-proxy-request"], "activator");
+    assert!(h.get("knative-serving-revision").is_none());
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_becoming_ready_releases_held_requests() {
+    let a = start(config(), StatsSink::Discard).await;
+    // The pod is listed but not ready (probe 503), as during a cold start.
+    let pod = fake_pod(false, 0).await;
+    a.catalog.upsert_revision(key(), spec(0));
+    a.catalog.set_endpoints(&key(), eps(&[&pod]));
+    let c = client();
+    let a2 = a.addr;
+    let req = tokio::spawn(async move {
+        let c = c.clone();
+        let req = Request::builder()
+            .uri(format!("http://{a2}/"))
+            .header("host", HOST)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        timeout(DEADLINE, c.request(req))
+            .await
+            .unwrap()
+            .unwrap()
+            .status()
+    });
+    wait_for("request held", async || {
+        gauge(&a, "kn_revision_request_queued").await == 1.0
+    })
+    .await;
+    let probes_before = pod.state.probes.load(Ordering::SeqCst);
+    pod.state.ready.store(true, Ordering::SeqCst);
+    assert_eq!(req.await.unwrap(), StatusCode::OK);
+    assert!(probes_before > 0, "the pod was probed while not ready");
+    assert_eq!(pod.state.hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cc_times_pods_enforced_at_the_pods() {
+    let a = start(config(), StatsSink::Discard).await;
+    let pods = [fake_pod(true, 100).await, fake_pod(true, 100).await];
+    a.catalog.upsert_revision(key(), spec(2));
+    a.catalog.set_endpoints(&key(), eps(&[&pods[0], &pods[1]]));
+    let c = client();
+    let mut reqs = Vec::new();
+    for _ in 0..12 {
+        let (c, a) = (c.clone(), Arc::new(a.addr));
+        reqs.push(tokio::spawn(async move {
+            let req = Request::builder()
+                .uri(format!("http://{a}/"))
+                .header("host", HOST)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            timeout(DEADLINE, c.request(req))
+                .await
+                .unwrap()
+                .unwrap()
+                .status()
+        }));
+    }
+    for r in reqs {
+        assert_eq!(r.await.unwrap(), StatusCode::OK);
+    }
+    for p in &pods {
+        assert!(p.state.max.load(Ordering::SeqCst) <= 2, "cc 2 per pod");
+        assert!(p.state.hits.load(Ordering::SeqCst) > 0, "both pods used");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subsetting_across_two_activators() {
+    let pods = [fake_pod(true, 0).await, fake_pod(true, 0).await];
+    let mut sorted = [pods[0].addr.to_string(), pods[1].addr.to_string()];
+    sorted.sort();
+    let ips = vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()];
+    let a1 = start(Config::in_process("a1", "10.0.0.1"), StatsSink::Discard).await;
+    let a2 = start(Config::in_process("a2", "10.0.0.2"), StatsSink::Discard).await;
+    let c = client();
+    for (a, want) in [(&a1, &sorted[0]), (&a2, &sorted[1])] {
+        a.catalog.upsert_revision(key(), spec(1));
+        a.catalog.set_endpoints(&key(), eps(&[&pods[0], &pods[1]]));
+        a.catalog.set_activators(&key(), ips.clone());
+        for _ in 0..5 {
+            let (status, _, body) = get(&c, a, HOST).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(&body, want, "each activator serves its own pod");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lb_distribution_per_policy() {
+    let pods = [
+        fake_pod(true, 0).await,
+        fake_pod(true, 0).await,
+        fake_pod(true, 0).await,
+    ];
+    let mut sorted: Vec<String> = pods.iter().map(|p| p.addr.to_string()).collect();
+    sorted.sort();
+    let c = client();
+    // First available (cc 1–3): sequential requests all go to the lowest pod.
+    let a = start(config(), StatsSink::Discard).await;
+    a.catalog.upsert_revision(key(), spec(3));
+    a.catalog
+        .set_endpoints(&key(), eps(&[&pods[0], &pods[1], &pods[2]]));
+    for _ in 0..6 {
+        assert_eq!(get(&c, &a, HOST).await.2, sorted[0]);
+    }
+    // Round robin (cc > 3): in dest order, evenly.
+    let a = start(config(), StatsSink::Discard).await;
+    a.catalog.upsert_revision(key(), spec(10));
+    a.catalog
+        .set_endpoints(&key(), eps(&[&pods[0], &pods[1], &pods[2]]));
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        seen.push(get(&c, &a, HOST).await.2);
+    }
+    let want: Vec<String> = sorted.iter().chain(sorted.iter()).cloned().collect();
+    assert_eq!(seen, want);
+    // Random choice of 2 (cc 0): every pod gets traffic.
+    let a = start(config(), StatsSink::Discard).await;
+    a.catalog.upsert_revision(key(), spec(0));
+    a.catalog
+        .set_endpoints(&key(), eps(&[&pods[0], &pods[1], &pods[2]]));
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..60 {
+        seen.insert(get(&c, &a, HOST).await.2);
+    }
+    assert_eq!(seen.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_and_error_texts() {
+    let mut cfg = config();
+    cfg.max_queued_requests = 1;
+    let a = start(cfg, StatsSink::Discard).await;
+    let c = client();
+    // Activator probe and network probe.
+    let req = Request::builder()
+        .uri(format!("http://{}/healthz", a.addr))
+        .header("k-network-probe", "activator")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.into_body().collect().await.unwrap().to_bytes(),
+        "activator"
+    );
+    let req = Request::builder()
+        .uri(format!("http://{}/", a.addr))
+        .header("k-network-probe", "probe")
+        .header("k-network-hash", "abc")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["k-network-hash"], "abc");
+    let req = Request::builder()
+        .uri(format!("http://{}/", a.addr))
+        .header("k-network-probe", "<x>")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        resp.into_body().collect().await.unwrap().to_bytes(),
+        "unexpected probe header value: \"&lt;x&gt;\"\n"
+    );
+    let req = Request::builder()
+        .uri(format!("http://{}/", a.addr))
+        .header("user-agent", "kube-probe/1.30")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(c.request(req).await.unwrap().status(), StatusCode::OK);
+
+    // 404 for an unknown revision.
+    let (status, _, body) = get(&c, &a, "nope.ns.svc.cluster.local").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        body,
+        "Error getting active endpoint: revision.serving.knative.dev \"nope\" not found\n"
+    );
+
+    // 504 after timeoutSeconds while held.
+    a.catalog.upsert_revision(
+        key(),
+        RevisionSpec {
+            timeout: Duration::from_secs(1),
+            ..spec(1)
+        },
+    );
+    let (status, _, body) = get(&c, &a, HOST).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(body, "activator request timeout");
+
+    // 503 when the bounded queue is full (bound 1 here).
+    let (c2, addr) = (c.clone(), a.addr);
+    let held = tokio::spawn(async move {
+        let req = Request::builder()
+            .uri(format!("http://{addr}/"))
+            .header("host", HOST)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        c2.request(req).await.map(|r| r.status())
+    });
+    wait_for("one request held", async || {
+        gauge(&a, "kn_revision_request_queued").await == 1.0
+    })
+    .await;
+    let (status, _, body) = get(&c, &a, HOST).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body, "pending request queue full\n");
+    held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_pod_is_ejected_and_the_request_retried_elsewhere() {
+    let a = start(config(), StatsSink::Discard).await;
+    let good = fake_pod(true, 0).await;
+    let doomed = fake_pod(true, 0).await;
+    a.catalog.upsert_revision(key(), spec(0));
+    a.catalog.set_endpoints(&key(), eps(&[&good, &doomed]));
+    let c = client();
+    wait_for("both pods healthy", async || {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..20 {
+            seen.insert(get(&c, &a, HOST).await.2);
+        }
+        seen.len() == 2
+    })
+    .await;
+    // The pod goes away without the endpoints changing (a crashed pod).
+    let doomed_addr = doomed.addr;
+    drop(doomed);
+    // Wait until nothing accepts on the port any more.
+    wait_for("doomed pod closed", async || {
+        tokio::net::TcpStream::connect(doomed_addr).await.is_err()
+    })
+    .await;
+    for _ in 0..20 {
+        let (status, _, body) = get(&c, &a, HOST).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "refused dials are retried on another pod: {body}"
+        );
+        assert_eq!(body, good.addr.to_string());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failure_after_send_is_502() {
+    // A pod that answers probes but drops real requests without a response.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        buf.drain(..end + 4);
+                        if head.contains("k-network-probe: queue") {
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nqueue")
+                                .await;
+                        } else {
+                            return; // close mid-request
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let a = start(config(), StatsSink::Discard).await;
+    a.catalog.upsert_revision(key(), spec(1));
+    a.catalog.set_endpoints(
+        &key(),
+        Endpoints {
+            ready: vec![addr.to_string()],
+            ..Endpoints::default()
+        },
+    );
+    let (status, headers, body) = get(&client(), &a, HOST).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    assert!(body.ends_with('\n'));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_frees_the_queue_slot() {
+    use tokio::io::AsyncWriteExt;
+    let mut cfg = config();
+    cfg.max_queued_requests = 1;
+    let a = start(cfg, StatsSink::Discard).await;
+    a.catalog.upsert_revision(key(), spec(1));
+    let mut s = tokio::net::TcpStream::connect(a.addr).await.unwrap();
+    s.write_all(format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    wait_for("held", async || {
+        gauge(&a, "kn_revision_request_queued").await == 1.0
+    })
+    .await;
+    drop(s);
+    wait_for("slot freed", async || {
+        gauge(&a, "kn_revision_request_queued").await == 0.0
+    })
+    .await;
+    // The freed slot is usable: a new request is held (not rejected) and served once a pod appears.
+    let pod = fake_pod(true, 0).await;
+    let c = client();
+    let addr = a.addr;
+    let req = tokio::spawn(async move {
+        let req = Request::builder()
+            .uri(format!("http://{addr}/"))
+            .header("host", HOST)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        c.request(req).await.unwrap().status()
+    });
+    wait_for("held again", async || {
+        gauge(&a, "kn_revision_request_queued").await == 1.0
+    })
+    .await;
+    a.catalog.set_endpoints(&key(), eps(&[&pod]));
+    assert_eq!(
+        timeout(DEADLINE, req).await.unwrap().unwrap(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_sink_gets_poke_then_reports() {
+    let (sink, mut rx) = StatsSink::channel(16);
+    let a = start(config(), sink).await;
+    let pod = fake_pod(true, 0).await;
+    a.catalog.upsert_revision(key(), spec(1));
+    a.catalog.set_endpoints(&key(), eps(&[&pod]));
+    assert_eq!(get(&client(), &a, HOST).await.0, StatusCode::OK);
+    let poke = timeout(DEADLINE, rx.recv()).await.unwrap().unwrap();
+    let s = poke.messages[0].stat.clone().unwrap();
+    assert_eq!(
+        (poke.messages[0].name.as_str(), s.pod_name.as_str()),
+        ("rev", "activator-0")
+    );
+    assert_eq!((s.average_concurrent_requests, s.request_count), (1.0, 1.0));
+    let report = timeout(DEADLINE, rx.recv()).await.unwrap().unwrap();
+    let s = report.messages[0].stat.clone().unwrap();
+    assert_eq!(s.request_count, 0.0, "the poke is subtracted");
+}
+
+async fn ws_server(
+    listener: TcpListener,
+    tx: tokio::sync::mpsc::Sender<WireStatMessages>,
+) -> CancellationToken {
+    use futures_util::StreamExt;
+    let stop = CancellationToken::new();
+    let st = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = tokio::select! {
+                _ = st.cancelled() => return,
+                r = listener.accept() => r.unwrap(),
+            };
+            let tx = tx.clone();
+            let st = st.clone();
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(s).await.unwrap();
+                loop {
+                    tokio::select! {
+                        _ = st.cancelled() => {
+                            let _ = ws.close(None).await;
+                            return;
+                        }
+                        m = ws.next() => match m {
+                            Some(Ok(tokio_tungstenite::tungstenite::Message::Binary(b))) => {
+                                let _ = tx.send(WireStatMessages::decode(b.as_ref()).unwrap()).await;
+                            }
+                            Some(Ok(_)) => {}
+                            _ => return,
+                        }
+                    }
+                }
+            });
+        }
+    });
+    stop
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscaler_websocket_poke_reports_and_reconnect() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_addr = l.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let server = ws_server(l, tx.clone()).await;
+    let sink_stop = CancellationToken::new();
+    let sink = StatsSink::Websocket(WebsocketSink::spawn(
+        format!("ws://{ws_addr}"),
+        sink_stop.clone(),
+    ));
+    let a = start(config(), sink.clone()).await;
+    let c = client();
+    let kubelet = |c: HttpClient, addr: SocketAddr| async move {
+        let req = Request::builder()
+            .uri(format!("http://{addr}/"))
+            .header("user-agent", "kube-probe/1.30")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        c.request(req).await.unwrap().status()
+    };
+    wait_for("connected", async || {
+        kubelet(c.clone(), a.addr).await == StatusCode::OK
+    })
+    .await;
+    let pod = fake_pod(true, 0).await;
+    a.catalog.upsert_revision(key(), spec(1));
+    a.catalog.set_endpoints(&key(), eps(&[&pod]));
+    assert_eq!(get(&c, &a, HOST).await.0, StatusCode::OK);
+    let poke = timeout(DEADLINE, rx.recv()).await.unwrap().unwrap();
+    let s = poke.messages[0].stat.clone().unwrap();
+    assert_eq!((s.average_concurrent_requests, s.request_count), (1.0, 1.0));
+    let report = timeout(DEADLINE, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(report.messages[0].namespace, "ns");
+
+    // The autoscaler restarts: health fails, then the activator reconnects on its own.
+    server.cancel();
+    wait_for("unhealthy while disconnected", async || {
+        kubelet(c.clone(), a.addr).await == StatusCode::INTERNAL_SERVER_ERROR
+    })
+    .await;
+    let l = TcpListener::bind(ws_addr).await.unwrap();
+    let (tx2, mut rx2) = tokio::sync::mpsc::channel(64);
+    let _server2 = ws_server(l, tx2).await;
+    wait_for("reconnected", async || {
+        kubelet(c.clone(), a.addr).await == StatusCode::OK
+    })
+    .await;
+    // Requests of a new idle period poke again over the new connection.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let a2 = RevisionKey::new("ns", "rev2");
+    a.catalog.upsert_revision(a2.clone(), spec(1));
+    a.catalog.set_endpoints(&a2, eps(&[&pod]));
+    assert_eq!(
+        get(&c, &a, "rev2.ns.svc.cluster.local").await.0,
+        StatusCode::OK
+    );
+    let got = timeout(DEADLINE, async {
+        loop {
+            let m = rx2.recv().await.unwrap();
+            if m.messages.iter().any(|m| m.name == "rev2") {
+                return m;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!got.messages.is_empty());
+    sink_stop.cancel();
+}
+
+// === the real binary ===
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn bad_setting_exits_64_naming_it() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_activator"))
+        .env_clear()
+        .env("POD_NAME", "a")
+        .env("POD_IP", "10.0.0.1")
+        .env("SYSTEM_NAMESPACE", "knative-serving")
+        .env("PROBE_TIMEOUT", "soon")
+        .args(["--source", "file:/nonexistent"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PROBE_TIMEOUT"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_fails_health_serves_through_drain_then_exits() {
+    let pod = fake_pod(true, 0).await;
+    let dir = std::env::temp_dir().join(format!("activator-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("catalog.yaml");
+    std::fs::write(
+        &file,
+        format!("revisions:\n- namespace: ns\n  name: rev\n  containerConcurrency: 1\n  ready: [\"{}\"]\n", pod.addr),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_activator"))
+        .env_clear()
+        .env("POD_NAME", "a")
+        .env("POD_IP", "10.0.0.1")
+        .env("SYSTEM_NAMESPACE", "knative-serving")
+        .args(["--source", &format!("file:{}", file.display())])
+        .args([
+            "--stats-sink",
+            "none",
+            "--metrics-addr",
+            "none",
+            "--drain-delay",
+            "1500ms",
+        ])
+        .args(["--http1-addr", &format!("127.0.0.1:{port}")])
+        .args(["--h2c-addr", &format!("127.0.0.1:{}", free_port())])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let c = client();
+    let kubelet = |c: HttpClient| async move {
+        let req = Request::builder()
+            .uri(format!("http://{addr}/"))
+            .header("user-agent", "kube-probe/1.30")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        match c.request(req).await {
+            Ok(r) => Some(r.status()),
+            Err(_) => None,
+        }
+    };
+    wait_for("started", async || {
+        kubelet(c.clone()).await == Some(StatusCode::OK)
+    })
+    .await;
+    let fake = Activator {
+        addr,
+        metrics: addr,
+        catalog: Catalog::new(),
+        shutdown: Shutdown::default(),
+    };
+    wait_for("revision served", async || {
+        get(&c, &fake, HOST).await.0 == StatusCode::OK
+    })
+    .await;
+    let pid = child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    wait_for("health fails", async || {
+        kubelet(c.clone()).await == Some(StatusCode::INTERNAL_SERVER_ERROR)
+    })
+    .await;
+    // Still serving during the drain delay.
+    assert_eq!(get(&c, &fake, HOST).await.0, StatusCode::OK);
+    let status = timeout(DEADLINE, child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "clean exit after drain: {status:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -12,6 +12,7 @@
 //! - [`reporter`]: concurrency reporter and stats sinks (autoscaler websocket, channel).
 //! - [`proxy`]: the activator's rewriting for the hop to a pod.
 //! - [`stack`]: the request path.
+//! - [`timeout`]: revision timeouts after the response head.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`simulate`]: the autoscaler what-if simulator.
 //! - [`local`]: Knative Services as local processes.
@@ -37,6 +38,7 @@ pub mod simulate;
 pub mod source;
 pub mod stack;
 pub mod throttler;
+pub mod timeout;
 
 use std::process::ExitCode;
 use std::sync::Arc;

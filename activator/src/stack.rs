@@ -46,6 +46,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{ReclaimBody, rewrite_for_dest};
 use crate::reporter::{Reporter, StatsSink};
 use crate::throttler::RevisionThrottler;
+use crate::timeout::TimeoutBody;
 
 /// Response body of the activator.
 pub type RespBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -225,13 +226,17 @@ impl Handler {
         };
         // 5. Concurrency reporting (held requests count).
         let in_flight = self.reporter.request_in(&key);
-        // 6. Timeout over throttling and the response head.
+        // 6. Timeout over throttling and the response head; the body keeps the overall deadline
+        // (measured from arrival) and the idle timer.
         let spec = throttler.spec();
+        let deadline = Instant::now() + spec.timeout;
         let limit = spec
             .response_start_timeout
             .map_or(spec.timeout, |r| r.min(spec.timeout));
         match tokio::time::timeout(limit, self.activate(&throttler, req)).await {
-            Ok(Ok((resp, lease))) => self.finish(resp, (lease, in_flight)),
+            Ok(Ok((resp, lease))) => {
+                self.finish(resp, (lease, in_flight), deadline, spec.idle_timeout)
+            }
             Ok(Err(resp)) => resp,
             Err(_) => full(shared::http::response::sniffed_text(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -240,7 +245,13 @@ impl Handler {
         }
     }
 
-    fn finish<G: Send + 'static>(&self, resp: Response<Incoming>, guard: G) -> Response<RespBody> {
+    fn finish<G: Send + 'static>(
+        &self,
+        resp: Response<Incoming>,
+        guard: G,
+        deadline: Instant,
+        idle: Option<std::time::Duration>,
+    ) -> Response<RespBody> {
         if let Some(tunnel) = resp.extensions().get::<Tunnel>().cloned() {
             tunnel.hold(guard);
             let (parts, _) = resp.into_parts();
@@ -249,7 +260,10 @@ impl Handler {
                 Empty::new().map_err(|n| match n {}).boxed_unsync(),
             );
         }
-        resp.map(|b| Guarded::new(b.map_err(BoxError::from), guard).boxed_unsync())
+        resp.map(|b| {
+            let b = TimeoutBody::new(b, deadline, idle);
+            Guarded::new(b.map_err(BoxError::from), guard).boxed_unsync()
+        })
     }
 
     async fn activate(

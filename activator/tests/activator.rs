@@ -37,6 +37,7 @@ struct Pod {
     probes: AtomicUsize,
     delay_ms: AtomicUsize,
     last_headers: Mutex<Option<HeaderMap>>,
+    last_version: Mutex<Option<http::Version>>,
 }
 
 struct FakePod {
@@ -81,6 +82,10 @@ async fn fake_pod_on(listener: TcpListener, ready: bool, delay_ms: usize) -> Fak
                 return Ok::<_, Infallible>(r);
             }
             *st.last_headers.lock().unwrap() = Some(req.headers().clone());
+            *st.last_version.lock().unwrap() = Some(req.version());
+            if req.headers().contains_key("upgrade") {
+                return Ok(websocket_echo(req));
+            }
             st.hits.fetch_add(1, Ordering::SeqCst);
             let now = st.current.fetch_add(1, Ordering::SeqCst) + 1;
             st.max.fetch_max(now, Ordering::SeqCst);
@@ -99,6 +104,32 @@ async fn fake_pod_on(listener: TcpListener, ready: bool, delay_ms: usize) -> Fak
         stop.clone(),
     ));
     FakePod { addr, state, stop }
+}
+
+/// Answers a websocket upgrade and echoes messages (the pod side of a tunnel).
+fn websocket_echo(mut req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let key = req.headers().get("sec-websocket-key").cloned().unwrap();
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let io = hyper_util::rt::TokioIo::new(on.await.unwrap());
+        let mut ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_text() && ws.send(m).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
 }
 
 async fn fake_pod(ready: bool, delay_ms: usize) -> FakePod {
@@ -744,6 +775,157 @@ async fn autoscaler_websocket_poke_reports_and_reconnect() {
     .unwrap();
     assert!(!got.messages.is_empty());
     sink_stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_and_websockets_are_preserved() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let a = start(config(), StatsSink::Discard).await;
+    let pod = fake_pod(true, 0).await;
+    a.catalog.upsert_revision(key(), spec(1));
+    a.catalog.set_endpoints(&key(), eps(&[&pod]));
+    // h2c in, h2c out.
+    let h2: HttpClient = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let req = Request::builder()
+        .uri(format!("http://{}/", a.addr))
+        .header("host", HOST)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = timeout(DEADLINE, h2.request(req)).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        *pod.state.last_version.lock().unwrap(),
+        Some(http::Version::HTTP_2)
+    );
+    // HTTP/1 in, HTTP/1 out.
+    assert_eq!(get(&client(), &a, HOST).await.0, StatusCode::OK);
+    assert_eq!(
+        *pod.state.last_version.lock().unwrap(),
+        Some(http::Version::HTTP_11)
+    );
+    // A websocket through the activator; it holds the pod's only slot while open.
+    let mut req = format!("ws://{}/ws", a.addr).into_client_request().unwrap();
+    req.headers_mut().insert("host", HOST.parse().unwrap());
+    let (mut ws, resp) = timeout(DEADLINE, tokio_tungstenite::connect_async(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for i in 0..3 {
+        ws.send(Message::text(format!("hi {i}"))).await.unwrap();
+        let echo = timeout(DEADLINE, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo.into_text().unwrap().as_str(), format!("hi {i}"));
+    }
+    assert_eq!(
+        gauge(&a, "kn_revision_request_active").await,
+        1.0,
+        "the tunnel holds its slot"
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    wait_for("slot released", async || {
+        gauge(&a, "kn_revision_request_active").await == 0.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_source_is_reread_on_change() {
+    let pod = fake_pod(true, 0).await;
+    let dir = std::env::temp_dir().join(format!(
+        "activator-file-{}-{}",
+        std::process::id(),
+        pod.addr.port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("catalog.json");
+    let doc = |revs: &[&str]| {
+        let items: Vec<String> = revs
+            .iter()
+            .map(|r| {
+                format!(
+                    r#"{{"namespace":"ns","name":"{r}","ready":["{}"]}}"#,
+                    pod.addr
+                )
+            })
+            .collect();
+        format!(r#"{{"revisions":[{}]}}"#, items.join(","))
+    };
+    std::fs::write(&file, doc(&["rev"])).unwrap();
+    let mut cfg = config();
+    cfg.source = Some(activator::config::SourceSpec::File(file.clone()));
+    let a = start(cfg, StatsSink::Discard).await;
+    let c = client();
+    wait_for("rev served", async || {
+        get(&c, &a, HOST).await.0 == StatusCode::OK
+    })
+    .await;
+    assert_eq!(
+        get(&c, &a, "rev2.ns.svc.cluster.local").await.0,
+        StatusCode::NOT_FOUND
+    );
+    std::fs::write(&file, doc(&["rev", "rev2", "rev3"])).unwrap();
+    wait_for("rev2 served", async || {
+        get(&c, &a, "rev2.ns.svc.cluster.local").await.0 == StatusCode::OK
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overall_timeout_cuts_a_slow_body() {
+    let a = start(config(), StatsSink::Discard).await;
+    // A pod that sends headers at once and never finishes the body.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let svc = tower::service_fn(|req: Request<hyper::body::Incoming>| async move {
+        if req.headers().contains_key("k-network-probe") {
+            return Ok::<_, Infallible>(Response::new(http_body_util::Either::Left(Full::new(
+                Bytes::from_static(b"queue"),
+            ))));
+        }
+        use futures_util::StreamExt;
+        let stream = futures_util::stream::once(async {
+            Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(b"start ")))
+        })
+        .chain(futures_util::stream::pending());
+        Ok(Response::new(http_body_util::Either::Right(
+            http_body_util::StreamBody::new(Box::pin(stream)),
+        )))
+    });
+    let stop = CancellationToken::new();
+    tokio::spawn(shared::http::server::serve(
+        l,
+        svc,
+        Default::default(),
+        stop.clone(),
+    ));
+    a.catalog.upsert_revision(
+        key(),
+        RevisionSpec {
+            timeout: Duration::from_secs(1),
+            ..spec(1)
+        },
+    );
+    a.catalog.set_endpoints(
+        &key(),
+        Endpoints {
+            ready: vec![addr.to_string()],
+            ..Endpoints::default()
+        },
+    );
+    let (status, _, body) = get(&client(), &a, HOST).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "start activator request timeout");
+    stop.cancel();
 }
 
 // === the real binary ===

@@ -118,6 +118,10 @@ pub struct RevisionEntry {
 pub struct Snapshot {
     /// Revisions by key.
     pub revisions: BTreeMap<RevisionKey, Arc<RevisionEntry>>,
+    /// Extra host routes (host without port, lowercase) → revision, consulted after the
+    /// `Knative-Serving-*` headers and before `<rev>.<ns>.svc.<domain>`. Knative's ingress does
+    /// this routing in a cluster; `activator local` uses it for `<service>.<ns>.<domain>`.
+    pub routes: BTreeMap<String, RevisionKey>,
 }
 
 /// A handle to the catalog; cheap to clone. Sources write, the activator reads.
@@ -206,6 +210,22 @@ impl Catalog {
     pub fn remove_revision(&self, key: &RevisionKey) {
         self.modify(|s| {
             s.revisions.remove(key);
+        });
+    }
+
+    /// Routes requests whose Host (port ignored, case-insensitive) is `host` to `key`.
+    pub fn set_route(&self, host: &str, key: RevisionKey) {
+        let host = host.to_ascii_lowercase();
+        self.modify(|s| {
+            s.routes.insert(host, key);
+        });
+    }
+
+    /// Removes a host route.
+    pub fn remove_route(&self, host: &str) {
+        let host = host.to_ascii_lowercase();
+        self.modify(|s| {
+            s.routes.remove(&host);
         });
     }
 

@@ -149,6 +149,7 @@ pub async fn run(
         health: Arc::clone(&health),
         cluster_domain: config.cluster_domain.clone(),
         metrics,
+        catalog: catalog.subscribe(),
     });
     let stop_accepting = CancellationToken::new();
     let mut servers = tokio::task::JoinSet::new();

@@ -32,9 +32,9 @@ use crate::proxy::ReclaimBody;
 use crate::throttler::{PodUpstream, RevisionThrottler};
 
 /// Fastest re-probe interval cap right after a change.
-pub const FAST_PROBE_CAP: Duration = Duration::from_millis(10);
+pub const FAST_PROBE_CAP: Duration = Duration::from_millis(5);
 /// How long after a change re-probing stays fast.
-pub const FAST_PROBE_WINDOW: Duration = Duration::from_secs(30);
+pub const FAST_PROBE_WINDOW: Duration = Duration::from_secs(15);
 
 /// Probe timing (env `PROBE_TIMEOUT`, `PROBE_FREQUENCY`).
 #[derive(Clone, Copy, Debug)]

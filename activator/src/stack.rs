@@ -101,6 +101,8 @@ pub struct Handler {
     pub cluster_domain: String,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The catalog, for host routes.
+    pub catalog: tokio::sync::watch::Receiver<Arc<crate::catalog::Snapshot>>,
 }
 
 fn full(resp: Response<Full<Bytes>>) -> Response<RespBody> {
@@ -123,8 +125,13 @@ fn html_escape(s: &str) -> String {
     out
 }
 
-/// Revision from the routing headers, else from a `<rev>.<ns>.svc.<domain>[:port]` host.
-pub fn resolve_key<B>(req: &Request<B>, cluster_domain: &str) -> RevisionKey {
+/// Revision from the routing headers, else a catalog host route, else a
+/// `<rev>.<ns>.svc.<domain>[:port]` host.
+pub fn resolve_key<B>(
+    req: &Request<B>,
+    cluster_domain: &str,
+    routes: &std::collections::BTreeMap<String, RevisionKey>,
+) -> RevisionKey {
     let ns = headers::first(req.headers(), &KNATIVE_SERVING_NAMESPACE).unwrap_or("");
     let name = headers::first(req.headers(), &KNATIVE_SERVING_REVISION).unwrap_or("");
     if !ns.is_empty() && !name.is_empty() {
@@ -133,6 +140,15 @@ pub fn resolve_key<B>(req: &Request<B>, cluster_domain: &str) -> RevisionKey {
     let host = headers::first(req.headers(), &http::header::HOST)
         .or_else(|| req.uri().host())
         .unwrap_or("");
+    if !routes.is_empty() {
+        let bare = match host.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        };
+        if let Some(k) = routes.get(&bare.to_ascii_lowercase()) {
+            return k.clone();
+        }
+    }
     let parts: Vec<&str> = host.splitn(4, '.').collect();
     if parts.len() == 4 && parts[2] == "svc" {
         let domain = parts[3].rsplit_once(':').map_or(parts[3], |(d, _)| d);
@@ -214,7 +230,11 @@ impl Handler {
             });
         }
         // 4. Revision resolution.
-        let key = resolve_key(&req, &self.cluster_domain);
+        let key = {
+            // Short synchronous read of the current snapshot; never held across an await.
+            let snap = self.catalog.borrow();
+            resolve_key(&req, &self.cluster_domain, &snap.routes)
+        };
         let Some(throttler) = self.throttlers.get(&key).map(|t| Arc::clone(&t)) else {
             return full(go_error(
                 StatusCode::NOT_FOUND,
@@ -358,19 +378,20 @@ mod tests {
 
     #[test]
     fn resolution_from_headers_and_host() {
+        let none = std::collections::BTreeMap::new();
         let r = Request::builder()
             .header("knative-serving-namespace", "ns")
             .header("knative-serving-revision", "rev")
             .body(())
             .unwrap();
         assert_eq!(
-            resolve_key(&r, "cluster.local"),
+            resolve_key(&r, "cluster.local", &none),
             RevisionKey::new("ns", "rev")
         );
         for host in ["rev.ns.svc.cluster.local", "rev.ns.svc.cluster.local:80"] {
             let r = Request::builder().header("host", host).body(()).unwrap();
             assert_eq!(
-                resolve_key(&r, "cluster.local"),
+                resolve_key(&r, "cluster.local", &none),
                 RevisionKey::new("ns", "rev"),
                 "{host}"
             );
@@ -379,7 +400,38 @@ mod tests {
             .header("host", "rev.ns.svc.other")
             .body(())
             .unwrap();
-        assert_eq!(resolve_key(&r, "cluster.local"), RevisionKey::new("", ""));
+        assert_eq!(
+            resolve_key(&r, "cluster.local", &none),
+            RevisionKey::new("", "")
+        );
+    }
+
+    #[test]
+    fn host_routes_ignore_port_and_case() {
+        let mut routes = std::collections::BTreeMap::new();
+        routes.insert(
+            "hello.default.example.com".to_string(),
+            RevisionKey::new("default", "hello-1"),
+        );
+        let r = Request::builder()
+            .header("host", "Hello.default.example.com:8080")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            resolve_key(&r, "cluster.local", &routes),
+            RevisionKey::new("default", "hello-1")
+        );
+        // Headers still win.
+        let r = Request::builder()
+            .header("host", "hello.default.example.com")
+            .header("knative-serving-namespace", "ns")
+            .header("knative-serving-revision", "rev")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            resolve_key(&r, "cluster.local", &routes),
+            RevisionKey::new("ns", "rev")
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //!     notReady: []                   # pod dests not ready yet
 //!     clusterIP: "10.96.0.7:80"      # optional private-service dest (mesh fallback)
 //!     activators: ["10.0.1.1"]       # optional: activator IPs assigned (subsetting)
+//!     hosts: ["hello.default.example.com"]  # optional: extra Host routes to this revision
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -91,6 +92,8 @@ struct FileRevision {
     cluster_ip: Option<String>,
     #[serde(default)]
     activators: Option<Vec<String>>,
+    #[serde(default)]
+    hosts: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -140,8 +143,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Snapshot, FileSourceError> {
             },
             activators: r.activators,
         };
-        snap.revisions
-            .insert(RevisionKey::new(r.namespace, r.name), Arc::new(entry));
+        let key = RevisionKey::new(r.namespace, r.name);
+        for h in r.hosts {
+            snap.routes.insert(h.to_ascii_lowercase(), key.clone());
+        }
+        snap.revisions.insert(key, Arc::new(entry));
     }
     Ok(snap)
 }

@@ -1028,3 +1028,65 @@ async fn sigterm_fails_health_serves_through_drain_then_exits() {
     assert!(status.success(), "clean exit after drain: {status:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_signal_exits_at_once_with_1() {
+    let dir = std::env::temp_dir().join(format!("activator-test2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("catalog.yaml");
+    std::fs::write(&file, "revisions: []\n").unwrap();
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_activator"))
+        .env_clear()
+        .env("POD_NAME", "a")
+        .env("POD_IP", "10.0.0.1")
+        .env("SYSTEM_NAMESPACE", "knative-serving")
+        .args(["--source", &format!("file:{}", file.display())])
+        .args([
+            "--stats-sink",
+            "none",
+            "--metrics-addr",
+            "none",
+            "--drain-delay",
+            "60s",
+        ])
+        .args(["--http1-addr", &format!("127.0.0.1:{port}")])
+        .args(["--h2c-addr", &format!("127.0.0.1:{}", free_port())])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let c = client();
+    let kubelet = |c: HttpClient| async move {
+        let req = Request::builder()
+            .uri(format!("http://{addr}/"))
+            .header("user-agent", "kube-probe/1.30")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        c.request(req).await.ok().map(|r| r.status())
+    };
+    wait_for("started", async || {
+        kubelet(c.clone()).await == Some(StatusCode::OK)
+    })
+    .await;
+    let pid = child.id().unwrap().to_string();
+    let term = || {
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+    };
+    assert!(term().success());
+    wait_for("draining", async || {
+        kubelet(c.clone()).await == Some(StatusCode::INTERNAL_SERVER_ERROR)
+    })
+    .await;
+    assert!(term().success());
+    let status = timeout(DEADLINE, child.wait())
+        .await
+        .expect("exits before the 60 s drain")
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1090,3 +1090,28 @@ async fn second_signal_exits_at_once_with_1() {
     assert_eq!(status.code(), Some(1));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_errors_fall_back_to_the_cluster_ip() {
+    let a = start(config(), StatsSink::Discard).await;
+    // Pods answer probes with 503 (a mesh in the way); the "cluster IP" answers like a pod.
+    let pod = fake_pod(false, 0).await;
+    let cluster = fake_pod(true, 0).await;
+    a.catalog.upsert_revision(key(), spec(2));
+    a.catalog.set_endpoints(
+        &key(),
+        Endpoints {
+            ready: vec![pod.addr.to_string()],
+            not_ready: vec![],
+            cluster_ip: Some(cluster.addr.to_string()),
+        },
+    );
+    let (status, _, body) = get(&client(), &a, HOST).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        cluster.addr.to_string(),
+        "routed through the cluster IP"
+    );
+    assert_eq!(pod.state.hits.load(Ordering::SeqCst), 0);
+}

@@ -15,9 +15,10 @@
 //! 8. **Proxy**: rewrite for the pod and forward; a refused dial ejects the pod and retries
 //!    another one (nothing was sent).
 //!
-//! Every stage is a plain async step of [`Handler::handle`]; it is exposed to hyper as a tower
-//! service that never fails ([`Handler::service`]), because a service error would abort the
-//! connection. Permits and the in-flight mark ride in the response body until it ends.
+//! Each stage is a tower layer over a boxed, always-ready service whose error type is
+//! `Infallible` ([`StackService`]): every failure is already a response, because a service
+//! error would abort the connection. [`Handler::service`] composes them with `ServiceBuilder`.
+//! Permits and the in-flight mark ride in the response body (or the `101` tunnel) until it ends.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use dashmap::DashMap;
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use shared::error::BoxError;
 use shared::http::body::Guarded;
@@ -40,6 +41,8 @@ use shared::http::proxy::{ProxyError, Tunnel, is_upgrade_request};
 use shared::http::response::{empty, go_error};
 use shared::http::server::ConnInfo;
 use tokio::time::Instant;
+use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
 
 use crate::catalog::RevisionKey;
 use crate::metrics::Metrics;
@@ -168,53 +171,82 @@ fn head_bytes<B>(req: &Request<B>) -> usize {
     h + req.uri().to_string().len() + HELD_REQUEST_OVERHEAD
 }
 
-impl Handler {
-    /// The handler as an always-ready, infallible tower service for `shared::http::server::serve`.
-    pub fn service(
-        self: Arc<Self>,
-    ) -> impl tower::Service<
-        Request<Incoming>,
-        Response = Response<RespBody>,
-        Error = Infallible,
-        Future = impl Future<Output = Result<Response<RespBody>, Infallible>> + Send,
-    > + Clone
-    + Send
-    + 'static {
-        tower::service_fn(move |req| {
-            let this = Arc::clone(&self);
-            async move { Ok::<_, Infallible>(this.handle(req).await) }
-        })
-    }
+/// The stack as one boxed, cloneable, always-ready service.
+pub type StackService = BoxCloneSyncService<Request<Incoming>, Response<RespBody>, Infallible>;
 
-    /// Handles one request (module docs).
-    pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<RespBody> {
-        // 1. Kubelet health.
-        if headers::is_kubelet_probe(req.headers()) {
-            return full(match self.health.unhealthy_reason() {
-                None => empty(StatusCode::OK),
-                Some(reason) => go_error(StatusCode::INTERNAL_SERVER_ERROR, reason),
-            });
-        }
-        // 2. Network probe with hash echo.
-        if headers::is_kprobe(req.headers()) {
-            return full(
-                match req.headers().get(K_NETWORK_HASH).filter(|v| !v.is_empty()) {
-                    Some(hash) => {
-                        let mut r = empty(StatusCode::OK);
-                        r.headers_mut().insert(K_NETWORK_HASH, hash.clone());
-                        r
-                    }
-                    None => go_error(
-                        StatusCode::BAD_REQUEST,
-                        "a probe request must contain a non-empty \"K-Network-Hash\" header",
-                    ),
-                },
-            );
-        }
-        req.headers_mut().remove(K_NETWORK_HASH);
-        // 3. Activator probe.
-        if let Some(v) = req.headers().get(K_NETWORK_PROBE).filter(|v| !v.is_empty()) {
-            return full(if v.as_bytes() == PROBE_ACTIVATOR.as_bytes() {
+/// Keeps `guard` alive until the response ends: the body's end, or the end of a `101` tunnel.
+fn hold_until_end<G: Send + 'static>(resp: Response<RespBody>, guard: G) -> Response<RespBody> {
+    if let Some(tunnel) = resp.extensions().get::<Tunnel>() {
+        tunnel.hold(guard);
+        return resp;
+    }
+    resp.map(|b| Guarded::new(b, guard).boxed_unsync())
+}
+
+/// A stage: answers some requests itself and hands the rest to `inner`.
+fn stage<F, Fut>(inner: StackService, f: F) -> StackService
+where
+    F: Fn(StackService, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<RespBody>> + Send + 'static,
+{
+    BoxCloneSyncService::new(tower::service_fn(move |req| {
+        let fut = f(inner.clone(), req);
+        async move { Ok::<_, Infallible>(fut.await) }
+    }))
+}
+
+async fn call(inner: StackService, req: Request<Incoming>) -> Response<RespBody> {
+    match inner.oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
+}
+
+/// Stage 1: kubelet health.
+fn health_layer(
+    health: Arc<Health>,
+) -> impl tower::Layer<StackService, Service = StackService> + Clone {
+    tower::layer::layer_fn(move |inner| {
+        let health = Arc::clone(&health);
+        stage(inner, move |inner, req| {
+            let health = Arc::clone(&health);
+            async move {
+                if !headers::is_kubelet_probe(req.headers()) {
+                    return call(inner, req).await;
+                }
+                full(match health.unhealthy_reason() {
+                    None => empty(StatusCode::OK),
+                    Some(reason) => go_error(StatusCode::INTERNAL_SERVER_ERROR, reason),
+                })
+            }
+        })
+    })
+}
+
+/// Stages 2–3: `K-Network-Probe: probe` (hash echo) and `K-Network-Probe: activator`.
+fn probe_layer() -> impl tower::Layer<StackService, Service = StackService> + Clone {
+    tower::layer::layer_fn(|inner| {
+        stage(inner, |inner, mut req: Request<Incoming>| async move {
+            if headers::is_kprobe(req.headers()) {
+                return full(
+                    match req.headers().get(K_NETWORK_HASH).filter(|v| !v.is_empty()) {
+                        Some(hash) => {
+                            let mut r = empty(StatusCode::OK);
+                            r.headers_mut().insert(K_NETWORK_HASH, hash.clone());
+                            r
+                        }
+                        None => go_error(
+                            StatusCode::BAD_REQUEST,
+                            "a probe request must contain a non-empty \"K-Network-Hash\" header",
+                        ),
+                    },
+                );
+            }
+            req.headers_mut().remove(K_NETWORK_HASH);
+            let Some(v) = req.headers().get(K_NETWORK_PROBE).filter(|v| !v.is_empty()) else {
+                return call(inner, req).await;
+            };
+            full(if v.as_bytes() == PROBE_ACTIVATOR.as_bytes() {
                 let mut r = Response::new(Full::new(Bytes::from_static(b"activator")));
                 r.headers_mut().insert(
                     http::header::CONTENT_TYPE,
@@ -227,70 +259,137 @@ impl Handler {
                     StatusCode::BAD_REQUEST,
                     &format!("unexpected probe header value: \"{shown}\""),
                 )
-            });
-        }
-        // 4. Revision resolution.
-        let key = {
-            // Short synchronous read of the current snapshot; never held across an await.
-            let snap = self.catalog.borrow();
-            resolve_key(&req, &self.cluster_domain, &snap.routes)
-        };
-        let Some(throttler) = self.throttlers.get(&key).map(|t| Arc::clone(&t)) else {
-            return full(go_error(
-                StatusCode::NOT_FOUND,
-                &format!(
-                    "Error getting active endpoint: revision.serving.knative.dev \"{}\" not found",
-                    key.name
-                ),
-            ));
-        };
-        // 5. Concurrency reporting (held requests count).
-        let in_flight = self.reporter.request_in(&key);
-        // 6. Timeout over throttling and the response head; the body keeps the overall deadline
-        // (measured from arrival) and the idle timer.
-        let spec = throttler.spec();
-        let deadline = Instant::now() + spec.timeout;
-        let limit = spec
-            .response_start_timeout
-            .map_or(spec.timeout, |r| r.min(spec.timeout));
-        match tokio::time::timeout(limit, self.activate(&throttler, req)).await {
-            Ok(Ok((resp, lease))) => {
-                self.finish(resp, (lease, in_flight), deadline, spec.idle_timeout)
-            }
-            Ok(Err(resp)) => resp,
-            Err(_) => full(shared::http::response::sniffed_text(
-                StatusCode::GATEWAY_TIMEOUT,
-                "activator request timeout",
-            )),
-        }
-    }
-
-    fn finish<G: Send + 'static>(
-        &self,
-        resp: Response<Incoming>,
-        guard: G,
-        deadline: Instant,
-        idle: Option<std::time::Duration>,
-    ) -> Response<RespBody> {
-        if let Some(tunnel) = resp.extensions().get::<Tunnel>().cloned() {
-            tunnel.hold(guard);
-            let (parts, _) = resp.into_parts();
-            return Response::from_parts(
-                parts,
-                Empty::new().map_err(|n| match n {}).boxed_unsync(),
-            );
-        }
-        resp.map(|b| {
-            let b = TimeoutBody::new(b, deadline, idle);
-            Guarded::new(b.map_err(BoxError::from), guard).boxed_unsync()
+            })
         })
+    })
+}
+
+/// Stage 4: revision resolution; puts the revision's throttler into the request extensions.
+fn resolve_layer(
+    h: Arc<Handler>,
+) -> impl tower::Layer<StackService, Service = StackService> + Clone {
+    tower::layer::layer_fn(move |inner| {
+        let h = Arc::clone(&h);
+        stage(inner, move |inner, mut req: Request<Incoming>| {
+            let h = Arc::clone(&h);
+            async move {
+                let key = {
+                    // Short synchronous read of the current snapshot; never held across an await.
+                    let snap = h.catalog.borrow();
+                    resolve_key(&req, &h.cluster_domain, &snap.routes)
+                };
+                let Some(throttler) = h.throttlers.get(&key).map(|t| Arc::clone(&t)) else {
+                    return full(go_error(
+                        StatusCode::NOT_FOUND,
+                        &format!(
+                            "Error getting active endpoint: revision.serving.knative.dev \"{}\" not found",
+                            key.name
+                        ),
+                    ));
+                };
+                req.extensions_mut().insert(throttler);
+                call(inner, req).await
+            }
+        })
+    })
+}
+
+fn throttler_of(req: &Request<Incoming>) -> Option<Arc<RevisionThrottler>> {
+    req.extensions().get::<Arc<RevisionThrottler>>().cloned()
+}
+
+fn internal_error() -> Response<RespBody> {
+    full(empty(StatusCode::INTERNAL_SERVER_ERROR))
+}
+
+/// Stage 5: concurrency reporting, held until the response ends.
+fn report_layer(
+    reporter: Arc<Reporter>,
+) -> impl tower::Layer<StackService, Service = StackService> + Clone {
+    tower::layer::layer_fn(move |inner| {
+        let reporter = Arc::clone(&reporter);
+        stage(inner, move |inner, req| {
+            let reporter = Arc::clone(&reporter);
+            async move {
+                let Some(t) = throttler_of(&req) else {
+                    return internal_error();
+                };
+                let in_flight = reporter.request_in(&t.key);
+                hold_until_end(call(inner, req).await, in_flight)
+            }
+        })
+    })
+}
+
+/// Stage 6: revision timeouts. Until the response head: `timeoutSeconds` (and
+/// `responseStartTimeoutSeconds`) → 504; after it, the body keeps the overall deadline
+/// (measured from arrival) and the idle timer. Tunnels are not cut (docs/activator.md).
+fn timeout_layer() -> impl tower::Layer<StackService, Service = StackService> + Clone {
+    tower::layer::layer_fn(|inner| {
+        stage(inner, |inner, req| async move {
+            let Some(t) = throttler_of(&req) else {
+                return internal_error();
+            };
+            let spec = t.spec();
+            let deadline = Instant::now() + spec.timeout;
+            let limit = spec
+                .response_start_timeout
+                .map_or(spec.timeout, |r| r.min(spec.timeout));
+            match tokio::time::timeout(limit, call(inner, req)).await {
+                Ok(resp) if resp.extensions().get::<Tunnel>().is_some() => resp,
+                Ok(resp) => {
+                    resp.map(|b| TimeoutBody::new(b, deadline, spec.idle_timeout).boxed_unsync())
+                }
+                Err(_) => full(shared::http::response::sniffed_text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "activator request timeout",
+                )),
+            }
+        })
+    })
+}
+
+impl Handler {
+    /// The request path as tower layers (outermost first; see the module docs), innermost the
+    /// activation service (throttler + proxy).
+    pub fn service(self: Arc<Self>) -> StackService {
+        let activation = {
+            let h = Arc::clone(&self);
+            BoxCloneSyncService::new(tower::service_fn(move |req: Request<Incoming>| {
+                let h = Arc::clone(&h);
+                async move {
+                    let Some(t) = throttler_of(&req) else {
+                        return Ok(internal_error());
+                    };
+                    Ok::<_, Infallible>(h.activate(&t, req).await)
+                }
+            }))
+        };
+        tower::ServiceBuilder::new()
+            // Kubelet probes first: they must never be counted, routed or throttled.
+            .layer(health_layer(Arc::clone(&self.health)))
+            // Probes next: the KPA's scale-to-zero handshake must work for any host.
+            .layer(probe_layer())
+            // Resolution before counting: unknown revisions are 404 and never reported.
+            .layer(resolve_layer(Arc::clone(&self)))
+            // Reporting wraps the timeout and the throttler, so held requests count.
+            .layer(report_layer(Arc::clone(&self.reporter)))
+            // The timeout wraps throttler and proxy: the clock includes the time held.
+            .layer(timeout_layer())
+            .service(activation)
     }
 
+    /// Handles one request through the whole stack (tests and embedding).
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<RespBody> {
+        call(self.service(), req).await
+    }
+
+    /// Stages 7–8: wait for a pod (throttler), then proxy; the lease rides in the response.
     async fn activate(
         &self,
         throttler: &Arc<RevisionThrottler>,
         req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, crate::throttler::Lease), Response<RespBody>> {
+    ) -> Response<RespBody> {
         let arrived = Instant::now();
         let bytes = head_bytes(&req);
         let retryable = !is_upgrade_request(req.headers());
@@ -301,21 +400,16 @@ impl Handler {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let lease = throttler
-                .acquire(bytes)
-                .await
-                .map_err(|e| full(go_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())))?;
+            let lease = match throttler.acquire(bytes).await {
+                Ok(l) => l,
+                Err(e) => return full(go_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())),
+            };
             let dest = lease.tracker().dest.clone();
             let parts = match &original {
                 Some(p) if retryable => clone_parts(p),
                 _ => match original.take() {
                     Some(p) => p,
-                    None => {
-                        return Err(full(go_error(
-                            StatusCode::BAD_GATEWAY,
-                            "request already sent",
-                        )));
-                    }
+                    None => return full(go_error(StatusCode::BAD_GATEWAY, "request already sent")),
                 },
             };
             let mut out = Request::from_parts(parts, body.clone());
@@ -329,7 +423,8 @@ impl Handler {
                             resp.headers_mut().insert(X_KNATIVE_ACTIVATOR_HOLD_MS, v);
                         }
                     }
-                    return Ok((resp, lease));
+                    let resp = resp.map(|b| b.map_err(BoxError::from).boxed_unsync());
+                    return hold_until_end(resp, lease);
                 }
                 Err(e)
                     if e.nothing_sent()
@@ -341,7 +436,7 @@ impl Handler {
                     drop(lease);
                     throttler.eject(&dest);
                 }
-                Err(e) => return Err(proxy_error(&throttler.key, &e)),
+                Err(e) => return proxy_error(&throttler.key, &e),
             }
         }
     }

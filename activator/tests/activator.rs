@@ -332,10 +332,17 @@ async fn pod_becoming_ready_releases_held_requests() {
         gauge(&a, "kn_revision_request_queued").await == 1.0
     })
     .await;
-    let probes_before = pod.state.probes.load(Ordering::SeqCst);
+    wait_for("the pod probed while not ready", async || {
+        pod.state.probes.load(Ordering::SeqCst) > 2
+    })
+    .await;
+    assert_eq!(
+        pod.state.hits.load(Ordering::SeqCst),
+        0,
+        "not routed while not ready"
+    );
     pod.state.ready.store(true, Ordering::SeqCst);
     assert_eq!(req.await.unwrap(), StatusCode::OK);
-    assert!(probes_before > 0, "the pod was probed while not ready");
     assert_eq!(pod.state.hits.load(Ordering::SeqCst), 1);
 }
 

@@ -523,6 +523,13 @@ async fn probes_and_error_texts() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body, "pending request queue full\n");
     held.abort();
+
+    // A removed revision is unknown again.
+    a.catalog.remove_revision(&key());
+    wait_for("revision removed", async || {
+        get(&c, &a, HOST).await.0 == StatusCode::NOT_FOUND
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

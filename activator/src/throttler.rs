@@ -399,7 +399,12 @@ impl RevisionThrottler {
         };
         let mut trackers: Vec<_> = healthy.iter().filter_map(|d| make(d)).collect();
         trackers.sort_by(|a, b| a.dest.cmp(&b.dest));
-        st.cluster_ip = cluster_ip.and_then(make);
+        // The cluster IP has no per-pod limit: kube-proxy spreads over the ready pods and the
+        // revision breaker already caps the total (Knative: no reservation for it).
+        st.cluster_ip = cluster_ip.and_then(|d| match old.get(d) {
+            Some(t) if t.breaker.is_none() => Some(Arc::clone(t)),
+            _ => Some(PodTracker::new(d.to_owned(), 0, self.upstream(d)?)),
+        });
         st.trackers = trackers;
         st.backends = if st.cluster_ip.is_some() {
             ready_count

@@ -116,6 +116,21 @@ async fn capacity_follows_pods_and_activators() {
     t.update_dests(&[], Some("127.0.0.99:80"), 6);
     assert_eq!(t.capacity(), 15);
     assert_eq!(t.assigned_dests(), vec!["127.0.0.99:80"]);
+    // The cluster IP is limited by the revision capacity only, not by one pod's CC.
+    let mut leases = Vec::new();
+    for _ in 0..15 {
+        let l = tokio::time::timeout(Duration::from_secs(5), t.acquire(0))
+            .await
+            .unwrap()
+            .unwrap();
+        leases.push(l);
+    }
+    assert!(leases.iter().all(|l| l.cluster_ip));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), t.acquire(0))
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]

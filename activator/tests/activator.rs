@@ -1038,6 +1038,28 @@ async fn sigterm_fails_health_serves_through_drain_then_exits() {
     .await;
     // Still serving during the drain delay.
     assert_eq!(get(&c, &fake, HOST).await.0, StatusCode::OK);
+    // A request still in flight when the listeners close (the pod takes 2.5 s, the drain
+    // delay is 1.5 s) completes before the process exits.
+    pod.state.delay_ms.store(2500, Ordering::SeqCst);
+    let (c2, f2) = (c.clone(), addr);
+    let slow = tokio::spawn(async move {
+        let req = Request::builder()
+            .uri(format!("http://{f2}/"))
+            .header("host", HOST)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = c2.request(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, body)
+    });
+    wait_for("slow request in flight", async || {
+        pod.state.current.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let (status, body) = timeout(DEADLINE, slow).await.unwrap().unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, pod.addr.to_string());
     let status = timeout(DEADLINE, child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "clean exit after drain: {status:?}");
     let _ = std::fs::remove_dir_all(dir);

@@ -164,7 +164,51 @@ fn bad(name: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 fn duration(name: &'static str, v: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(v.trim()).map_err(|e| bad(name, format!("{v:?}: {e}")))
+    parse_go_duration(v.trim()).ok_or_else(|| {
+        bad(
+            name,
+            format!("{v:?}: not a Go duration (e.g. 300ms, 1.5s, 1m30s)"),
+        )
+    })
+}
+
+/// Go's `time.ParseDuration` for non-negative values: one or more `<number><unit>` with an
+/// optional fraction, units `ns`, `us`/`µs`, `ms`, `s`, `m`, `h`; `0` alone is allowed.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut rest = s.strip_prefix('+').unwrap_or(s);
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(num_len);
+        if num.is_empty() || num == "." {
+            return None;
+        }
+        let value: f64 = num.parse().ok()?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = tail;
+    }
+    Duration::try_from_secs_f64(total).ok()
 }
 
 fn required(name: &'static str, v: Option<String>) -> Result<String, ConfigError> {
@@ -325,6 +369,19 @@ mod tests {
         let mut a = args();
         a.source = Some("kube:".into());
         assert_eq!(Config::try_from(a).unwrap_err().name, "--source");
+    }
+
+    #[test]
+    fn go_durations() {
+        let ms = Duration::from_millis;
+        assert_eq!(parse_go_duration("300ms"), Some(ms(300)));
+        assert_eq!(parse_go_duration("1.5s"), Some(ms(1500)));
+        assert_eq!(parse_go_duration("1m30s"), Some(ms(90_000)));
+        assert_eq!(parse_go_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_go_duration("200us"), Some(Duration::from_micros(200)));
+        for bad in ["", "5", "1x", "s", "-1s", "1s ms"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -63,5 +63,51 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// One request's admission through the revision throttler (revision permit + pod pick + pod
+/// permit, released on drop), against a naive `Mutex<Vec<usize>>` first-fit baseline.
+fn throttler(c: &mut Criterion) {
+    use activator::catalog::{RevisionKey, RevisionSpec};
+    use activator::throttler::{QueueLimits, RevisionGauges, RevisionThrottler};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime for the bench");
+    let mut g = c.benchmark_group("throttler_acquire_release");
+    for (cc, pods) in [(1u32, 10usize), (10, 10), (0, 100)] {
+        let t = RevisionThrottler::new(
+            RevisionKey::new("ns", "r"),
+            RevisionSpec {
+                container_concurrency: cc,
+                ..RevisionSpec::default()
+            },
+            QueueLimits::new(10_000, usize::MAX),
+            Default::default(),
+            RevisionGauges::default(),
+        );
+        let dests: Vec<String> = (0..pods)
+            .map(|i| format!("10.0.{}.{}:8012", i / 250, i % 250 + 1))
+            .collect();
+        t.update_dests(&dests, None, 0);
+        g.bench_function(BenchmarkId::new(format!("cc{cc}"), pods), |b| {
+            b.to_async(&rt).iter(|| async {
+                let lease = t.acquire(0).await;
+                black_box(&lease);
+            })
+        });
+    }
+    let naive = std::sync::Mutex::new(vec![0usize; 10]);
+    g.bench_function("naive_mutex_first_fit/10", |b| {
+        b.iter(|| {
+            let mut v = naive.lock().expect("baseline mutex is never poisoned");
+            if let Some(slot) = v.iter_mut().find(|n| **n < 1) {
+                *slot += 1;
+                *slot -= 1;
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, throttler);
 criterion_main!(benches);

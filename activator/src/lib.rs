@@ -137,8 +137,13 @@ pub async fn run(
     tokio::spawn(manager.run(rx));
 
     let m = Arc::clone(&metrics);
+    let known = Arc::clone(&throttlers);
     let reporter = Reporter::new(config.pod_name.clone(), stats_sink.clone(), move |k, v| {
-        m.set_concurrency(k, v)
+        // Like Knative, the gauge is skipped once the revision is gone from the catalog.
+        let spec = known.get(k).map(|t| t.spec());
+        if let Some(spec) = spec {
+            m.set_concurrency(k, &spec.service, &spec.configuration, v);
+        }
     });
     tokio::spawn(Arc::clone(&reporter).run(background.clone()));
 

@@ -87,8 +87,18 @@ impl Metrics {
         }
     }
 
-    /// Records a reported concurrency.
-    pub fn set_concurrency(&self, key: &RevisionKey, value: f64) {
-        self.concurrency.get_or_create(&labels(key)).set(value);
+    /// Records a reported concurrency with Knative's four attributes (service, configuration,
+    /// revision, namespace).
+    pub fn set_concurrency(
+        &self,
+        key: &RevisionKey,
+        service: &str,
+        configuration: &str,
+        value: f64,
+    ) {
+        let mut l = labels(key);
+        l.push(("kn_service_name", service.to_owned()));
+        l.push(("kn_configuration_name", configuration.to_owned()));
+        self.concurrency.get_or_create(&l).set(value);
     }
 }

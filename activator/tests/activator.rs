@@ -228,7 +228,7 @@ async fn get(c: &HttpClient, a: &Activator, host: &str) -> (StatusCode, HeaderMa
 
 const HOST: &str = "rev.ns.svc.cluster.local";
 
-async fn gauge(a: &Activator, name: &str) -> f64 {
+async fn scrape(a: &Activator) -> String {
     let c = client();
     let req = Request::builder()
         .uri(format!("http://{}/metrics", a.metrics))
@@ -243,8 +243,13 @@ async fn gauge(a: &Activator, name: &str) -> f64 {
         .await
         .unwrap()
         .to_bytes();
-    let text = String::from_utf8_lossy(&body).into_owned();
-    text.lines()
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+async fn gauge(a: &Activator, name: &str) -> f64 {
+    scrape(a)
+        .await
+        .lines()
         .filter(|l| l.starts_with(name) && l.contains("kn_revision_name=\"rev\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -667,7 +672,13 @@ async fn channel_sink_gets_poke_then_reports() {
     let (sink, mut rx) = StatsSink::channel(16);
     let a = start(config(), sink).await;
     let pod = fake_pod(true, 0).await;
-    a.catalog.upsert_revision(key(), spec(1));
+    a.catalog.upsert_revision(
+        key(),
+        RevisionSpec {
+            service: "hello".into(),
+            ..spec(1)
+        },
+    );
     a.catalog.set_endpoints(&key(), eps(&[&pod]));
     assert_eq!(get(&client(), &a, HOST).await.0, StatusCode::OK);
     let poke = timeout(DEADLINE, rx.recv()).await.unwrap().unwrap();
@@ -680,6 +691,14 @@ async fn channel_sink_gets_poke_then_reports() {
     let report = timeout(DEADLINE, rx.recv()).await.unwrap().unwrap();
     let s = report.messages[0].stat.clone().unwrap();
     assert_eq!(s.request_count, 0.0, "the poke is subtracted");
+    let text = scrape(&a).await;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("kn_revision_request_concurrency{")
+                && l.contains("kn_service_name=\"hello\"")
+                && l.contains("kn_revision_name=\"rev\"")),
+        "{text}"
+    );
 }
 
 async fn ws_server(

@@ -1170,3 +1170,53 @@ async fn mesh_errors_fall_back_to_the_cluster_ip() {
     );
     assert_eq!(pod.state.hits.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_connection_is_reused_by_the_first_request() {
+    use hyper_util::server::conn::auto;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let probes = Arc::new(AtomicUsize::new(0));
+    let (acc, pr) = (Arc::clone(&accepts), Arc::clone(&probes));
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            acc.fetch_add(1, Ordering::SeqCst);
+            let pr = Arc::clone(&pr);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let probe = req.headers().contains_key("k-network-probe");
+                    if probe {
+                        pr.fetch_add(1, Ordering::SeqCst);
+                    }
+                    async move {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                            if probe { b"queue" } else { b"app" },
+                        ))))
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let a = start(config(), StatsSink::Discard).await;
+    a.catalog.upsert_revision(key(), spec(1));
+    a.catalog.set_endpoints(
+        &key(),
+        Endpoints {
+            ready: vec![addr.to_string()],
+            ..Endpoints::default()
+        },
+    );
+    wait_for("probed", async || probes.load(Ordering::SeqCst) > 0).await;
+    let (status, _, body) = get(&client(), &a, HOST).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "app"));
+    assert_eq!(
+        accepts.load(Ordering::SeqCst),
+        1,
+        "one connection for the probe and the request"
+    );
+}

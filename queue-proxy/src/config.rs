@@ -350,7 +350,12 @@ fn required(v: Option<String>, name: &'static str) -> Result<String, ConfigError
 }
 
 fn int(v: &str, name: &'static str) -> Result<i64, ConfigError> {
-    parse_go_int(v).ok_or_else(|| invalid(name, format!("strconv.ParseInt: parsing {v:?}: invalid syntax")))
+    parse_go_int(v).ok_or_else(|| {
+        invalid(
+            name,
+            format!("strconv.ParseInt: parsing {v:?}: invalid syntax"),
+        )
+    })
 }
 
 fn port(v: &str, name: &'static str) -> Result<u16, ConfigError> {
@@ -368,8 +373,12 @@ fn opt_port(v: Option<String>, name: &'static str, default: u16) -> Result<u16, 
 fn opt_bool(v: Option<String>, name: &'static str) -> Result<bool, ConfigError> {
     match v.as_deref() {
         None => Ok(false),
-        Some(s) => parse_go_bool(s)
-            .ok_or_else(|| invalid(name, format!("strconv.ParseBool: parsing {s:?}: invalid syntax"))),
+        Some(s) => parse_go_bool(s).ok_or_else(|| {
+            invalid(
+                name,
+                format!("strconv.ParseBool: parsing {s:?}: invalid syntax"),
+            )
+        }),
     }
 }
 
@@ -455,8 +464,14 @@ impl TryFrom<Cli> for Config {
             }
         };
         for (v, name) in [
-            (&c.queue_proxy_tls_min_version, "QUEUE_PROXY_TLS_MIN_VERSION"),
-            (&c.queue_proxy_tls_max_version, "QUEUE_PROXY_TLS_MAX_VERSION"),
+            (
+                &c.queue_proxy_tls_min_version,
+                "QUEUE_PROXY_TLS_MIN_VERSION",
+            ),
+            (
+                &c.queue_proxy_tls_max_version,
+                "QUEUE_PROXY_TLS_MAX_VERSION",
+            ),
         ] {
             if let Some(v) = v.as_deref()
                 && !matches!(v, "" | "1.2" | "1.3")

@@ -222,10 +222,15 @@ pub async fn run(
                 &req, &registry,
             )))
         });
-        tokio::spawn(serve(l, svc, ServerOptions {
-            header_read_timeout: Duration::from_secs(5),
-            ..side_opts
-        }, side.clone()));
+        tokio::spawn(serve(
+            l,
+            svc,
+            ServerOptions {
+                header_read_timeout: Duration::from_secs(5),
+                ..side_opts
+            },
+            side.clone(),
+        ));
     }
 
     shutdown.cancelled().await;

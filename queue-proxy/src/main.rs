@@ -8,9 +8,10 @@ use shared::telemetry::log::{LogFormat, ZapFormat, init, resolve_level};
 const EXIT_CONFIG: i32 = 64;
 
 fn main() {
-    let config = match Cli::try_parse().map_err(|e| e.to_string()).and_then(|cli| {
-        Config::try_from(cli).map_err(|e| e.to_string())
-    }) {
+    let config = match Cli::try_parse()
+        .map_err(|e| e.to_string())
+        .and_then(|cli| Config::try_from(cli).map_err(|e| e.to_string()))
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("queue-proxy: {e}");
@@ -31,7 +32,10 @@ fn main() {
     );
     // Worker threads follow `available_parallelism`, which honours the cgroup CPU quota
     // (what Go's automaxprocs does for Knative's sidecar).
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("queue-proxy: cannot start the runtime: {e}");

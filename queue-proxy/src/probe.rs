@@ -145,7 +145,12 @@ pub fn parse_specs(json: &str, multi: bool) -> Result<Vec<ProbeSpec>, serde_json
     if multi {
         serde_json::from_str(json)
     } else {
-        serde_json::from_str::<ProbeSpec>(json).map(|p| vec![p])
+        // serde accepts a sequence for a struct; Knative's decoder does not.
+        let v: serde_json::Value = serde_json::from_str(json)?;
+        if !v.is_object() {
+            return Err(serde::de::Error::custom("expected a single probe object"));
+        }
+        serde_json::from_value::<ProbeSpec>(v).map(|p| vec![p])
     }
 }
 
@@ -251,7 +256,8 @@ impl Prober {
 impl Runner {
     async fn run(&self, poll_timeout: Duration) -> Result<(), ProbeError> {
         if self.spec.period_seconds > 0 {
-            let t = Duration::from_secs(u64::try_from(self.spec.timeout_seconds.max(0)).unwrap_or(1));
+            let t =
+                Duration::from_secs(u64::try_from(self.spec.timeout_seconds.max(0)).unwrap_or(1));
             return self.attempt(t).await;
         }
         let need = u32::try_from(self.spec.success_threshold.max(1)).unwrap_or(1);
@@ -288,7 +294,11 @@ impl Runner {
             } else if let Some(h) = &self.spec.http_get {
                 http_probe(h, self.h2_detect).await
             } else if let Some(tcp) = &self.spec.tcp_socket {
-                let host = if tcp.host.is_empty() { "127.0.0.1" } else { &tcp.host };
+                let host = if tcp.host.is_empty() {
+                    "127.0.0.1"
+                } else {
+                    &tcp.host
+                };
                 let port = tcp.port.port().unwrap_or(0);
                 TcpStream::connect((host, port)).await?;
                 Ok(())
@@ -314,9 +324,15 @@ async fn connect(host: &str, port: u16) -> Result<TokioIo<TcpStream>, ProbeError
 async fn http_probe(h: &HttpGet, h2_detect: bool) -> Result<(), ProbeError> {
     if h.scheme.eq_ignore_ascii_case("https") {
         // No TLS client in the queue-proxy (documented deviation).
-        return Err(ProbeError::Status("HTTPS readiness probes are not supported".into()));
+        return Err(ProbeError::Status(
+            "HTTPS readiness probes are not supported".into(),
+        ));
     }
-    let host = if h.host.is_empty() { "127.0.0.1" } else { &h.host };
+    let host = if h.host.is_empty() {
+        "127.0.0.1"
+    } else {
+        &h.host
+    };
     let port = h.port.port().unwrap_or(0);
     let path = if h.path.starts_with('/') {
         h.path.clone()
@@ -356,8 +372,10 @@ async fn http_probe(h: &HttpGet, h2_detect: bool) -> Result<(), ProbeError> {
     let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
     tokio::spawn(conn);
     let mut req = build(true)?;
-    req.headers_mut()
-        .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    req.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
     let resp = send.send_request(req).await?;
     let status = resp.status();
     let _ = resp.into_body().collect().await;
@@ -368,7 +386,10 @@ fn check_status(s: StatusCode) -> Result<(), ProbeError> {
     if (200..400).contains(&s.as_u16()) {
         Ok(())
     } else {
-        Err(ProbeError::Status(format!("HTTP probe did not respond Ready, got status code: {}", s.as_u16())))
+        Err(ProbeError::Status(format!(
+            "HTTP probe did not respond Ready, got status code: {}",
+            s.as_u16()
+        )))
     }
 }
 
@@ -391,13 +412,15 @@ async fn grpc_probe(g: &Grpc) -> Result<(), ProbeError> {
     frame.put_u8(0);
     frame.put_u32(u32::try_from(msg.len()).unwrap_or(0));
     frame.put_slice(&msg);
-    let req = Request::post(format!("http://127.0.0.1:{port}/grpc.health.v1.Health/Check"))
-        .version(http::Version::HTTP_2)
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header(http::header::TE, "trailers")
-        .header(http::header::USER_AGENT, "kube-probe//")
-        .body(Full::new(frame.freeze()))
-        .map_err(|e| ProbeError::Status(e.to_string()))?;
+    let req = Request::post(format!(
+        "http://127.0.0.1:{port}/grpc.health.v1.Health/Check"
+    ))
+    .version(http::Version::HTTP_2)
+    .header(http::header::CONTENT_TYPE, "application/grpc")
+    .header(http::header::TE, "trailers")
+    .header(http::header::USER_AGENT, "kube-probe//")
+    .body(Full::new(frame.freeze()))
+    .map_err(|e| ProbeError::Status(e.to_string()))?;
     let resp = send.send_request(req).await?;
     let collected = resp.into_body().collect().await?;
     let status_trailer = collected
@@ -407,7 +430,9 @@ async fn grpc_probe(g: &Grpc) -> Result<(), ProbeError> {
         .unwrap_or("")
         .to_owned();
     if status_trailer != "0" {
-        return Err(ProbeError::Status(format!("gRPC probe failed, grpc-status {status_trailer:?}")));
+        return Err(ProbeError::Status(format!(
+            "gRPC probe failed, grpc-status {status_trailer:?}"
+        )));
     }
     let mut body = collected.to_bytes();
     if body.len() < 5 {
@@ -475,10 +500,25 @@ mod tests {
             exec: Some(serde_json::json!({})),
             ..Default::default()
         };
-        assert!(!Prober::new(vec![exec], false).with_poll_timeout(short).probe().await);
-        assert!(!Prober::new(vec![ProbeSpec::default()], false).with_poll_timeout(short).probe().await);
+        assert!(
+            !Prober::new(vec![exec], false)
+                .with_poll_timeout(short)
+                .probe()
+                .await
+        );
+        assert!(
+            !Prober::new(vec![ProbeSpec::default()], false)
+                .with_poll_timeout(short)
+                .probe()
+                .await
+        );
         drop(l);
-        assert!(!Prober::new(vec![tcp(port)], false).with_poll_timeout(short).probe().await);
+        assert!(
+            !Prober::new(vec![tcp(port)], false)
+                .with_poll_timeout(short)
+                .probe()
+                .await
+        );
     }
 
     #[tokio::test]

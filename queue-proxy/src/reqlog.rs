@@ -265,7 +265,12 @@ mod tests {
             "{\"httpRequest\": {\"requestMethod\": \"GET\", \"requestUrl\": \"/a?b\\u003D\\\"c\\\"\", \"requestSize\": \"0\", \"status\": 200, \"responseSize\": \"5\", \"userAgent\": \"curl/8\", \"remoteIp\": \"1.2.3.4:5\", \"serverIp\": \"10.0.0.1\", \"referer\": \"\", \"latency\": \"5.2e-05s\", \"protocol\": \"HTTP/1.1\"}, \"traceId\": \"abc\"}\n"
         );
         assert!(Template::parse("{{.Request.Body}}").is_err());
-        assert_eq!(Template::parse("TLS: {{.Request.TLS}}").unwrap().render(&e, &r), "TLS: <nil>\n");
+        assert_eq!(
+            Template::parse("TLS: {{.Request.TLS}}")
+                .unwrap()
+                .render(&e, &r),
+            "TLS: <nil>\n"
+        );
         assert_eq!(go_float(1.5), "1.5");
     }
 }

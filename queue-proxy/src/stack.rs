@@ -96,7 +96,10 @@ pub struct RequestTimeout(());
 pub fn rescue(err: &BoxError) -> Resp {
     let e: &(dyn std::error::Error + 'static) = err.as_ref();
     if shared::error::is_caused_by::<QueueFull>(e) {
-        full(go_error(StatusCode::SERVICE_UNAVAILABLE, "pending request queue full"))
+        full(go_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "pending request queue full",
+        ))
     } else if shared::error::is_caused_by::<RequestTimeout>(e) {
         full(sniffed_text(StatusCode::GATEWAY_TIMEOUT, "request timeout"))
     } else if let Some(p) = shared::error::cause_ref::<ProxyError>(e) {
@@ -189,7 +192,10 @@ where
         let h = req.headers();
         if headers::is_health_ua(h) {
             if self.drainer.is_draining() {
-                return ready(full(go_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down")));
+                return ready(full(go_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting down",
+                )));
             }
             let probe = headers::first(h, &K_NETWORK_PROBE).unwrap_or("");
             if probe != headers::PROBE_QUEUE {
@@ -207,7 +213,10 @@ where
         }
         if headers::is_kprobe(h) {
             if self.drainer.is_draining() {
-                return ready(full(go_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down")));
+                return ready(full(go_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting down",
+                )));
             }
             let hash = h.get(&K_NETWORK_HASH).filter(|v| !v.is_empty()).cloned();
             return ready(match hash {
@@ -362,7 +371,9 @@ impl Body for TimeoutBody {
         if this.sleep.as_mut().poll(cx).is_ready() {
             tracing::warn!("Request timeout (after the response started)");
             *this.inner = None;
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"request timeout")))));
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                b"request timeout",
+            )))));
         }
         Poll::Pending
     }
@@ -451,9 +462,7 @@ where
         let h = req.headers_mut();
         h.remove(KNATIVE_SERVING_REVISION);
         h.remove(KNATIVE_SERVING_NAMESPACE);
-        if !kubelet
-            && let Some(host) = h.remove(K_ORIGINAL_HOST).filter(|v| !v.is_empty())
-        {
+        if !kubelet && let Some(host) = h.remove(K_ORIGINAL_HOST).filter(|v| !v.is_empty()) {
             if let Ok(a) = http::uri::Authority::try_from(host.as_bytes()) {
                 let mut parts = req.uri().clone().into_parts();
                 if parts.authority.is_some() {

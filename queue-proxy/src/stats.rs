@@ -280,7 +280,14 @@ mod tests {
         let r = case(&[(0, In), (1, Out)], 1000);
         assert!(close(r.average_concurrency, 0.001));
         let r = case(
-            &[(0, In), (333, Out), (333, In), (666, Out), (666, In), (1000, Out)],
+            &[
+                (0, In),
+                (333, Out),
+                (333, In),
+                (666, Out),
+                (666, In),
+                (1000, Out),
+            ],
             1000,
         );
         assert!(close(r.average_concurrency, 1.0) && r.request_count == 3.0);
@@ -289,7 +296,10 @@ mod tests {
         let r = case(&[(0, ProxiedIn), (500, ProxiedOut)], 1000);
         assert!(close(r.average_concurrency, 0.5) && close(r.average_proxied_concurrency, 0.5));
         assert_eq!((r.request_count, r.proxied_request_count), (1.0, 1.0));
-        let r = case(&[(0, ProxiedIn), (0, In), (500, ProxiedOut), (1000, Out)], 1000);
+        let r = case(
+            &[(0, ProxiedIn), (0, In), (500, ProxiedOut), (1000, Out)],
+            1000,
+        );
         assert!(close(r.average_concurrency, 1.5) && close(r.average_proxied_concurrency, 0.5));
         assert_eq!((r.request_count, r.proxied_request_count), (2.0, 1.0));
         let r = case(&[(500, In), (499, In), (1000, Out), (999, Out)], 1000);

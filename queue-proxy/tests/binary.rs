@@ -1,4 +1,5 @@
 //! The real binary: environment contract, startup and SIGTERM.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

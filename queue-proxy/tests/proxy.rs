@@ -1,4 +1,5 @@
 //! In-process black-box tests: `queue_proxy::run` on 127.0.0.1:0 in front of a fake app.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -215,6 +215,7 @@ async fn idle_timeout_tracks_gaps_between_writes() {
 
 #[test]
 fn forwarded_shim_table() {
+    #[allow(clippy::type_complexity)]
     let cases: &[(&[(&str, &str)], Option<&str>)] = &[
         (
             &[

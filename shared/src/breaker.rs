@@ -280,7 +280,10 @@ mod tests {
             });
             tokio::task::yield_now().await;
         }
-        assert!(rx.try_recv().is_err(), "nobody admitted while the permit is held");
+        assert!(
+            rx.try_recv().is_err(),
+            "nobody admitted while the permit is held"
+        );
         drop(first);
         let order: Vec<i32> = [rx.recv().await, rx.recv().await, rx.recv().await]
             .into_iter()
@@ -318,7 +321,10 @@ mod tests {
         // Shrink below what is executing: capacity comes back only as debt is paid.
         b.update_capacity(1);
         drop(p1);
-        assert!(b.try_acquire().is_none(), "the returned permit paid the debt");
+        assert!(
+            b.try_acquire().is_none(),
+            "the returned permit paid the debt"
+        );
         drop(p2);
         let p3 = b.try_acquire().unwrap();
         assert!(b.try_acquire().is_none());

@@ -58,7 +58,10 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         for i in (0..v.len()).step_by(4096) {
             v[i] = 1;
         }
-        out.push_str(&format!("Allocated {} Mb of memory.\n", v.len() / 1024 / 1024));
+        out.push_str(&format!(
+            "Allocated {} Mb of memory.\n",
+            v.len() / 1024 / 1024
+        ));
     }
     if out.is_empty() {
         let mut r = Response::new(Full::new(Bytes::from_static(

@@ -127,7 +127,10 @@ mod tests {
     #[test]
     fn predicates_follow_knative() {
         assert!(is_health_ua(&h(&[("user-agent", "kube-probe/1.30")])));
-        assert!(is_health_ua(&h(&[("user-agent", "Knative-Activator-Probe")])));
+        assert!(is_health_ua(&h(&[(
+            "user-agent",
+            "Knative-Activator-Probe"
+        )])));
         assert!(!is_health_ua(&h(&[("user-agent", "curl/8")])));
         // K-Kubelet-Probe alone is a kubelet probe but not a health UA.
         let kk = h(&[("k-kubelet-probe", "queue")]);

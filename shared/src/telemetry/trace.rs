@@ -112,7 +112,10 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         );
         let mut h = HeaderMap::new();
-        h.insert(B3, HeaderValue::from_static("a3ce929d0e0e4736-00f067aa0ba902b7-1"));
+        h.insert(
+            B3,
+            HeaderValue::from_static("a3ce929d0e0e4736-00f067aa0ba902b7-1"),
+        );
         let tc = TraceContext::extract(&h).unwrap();
         assert_eq!(tc.trace_id_hex(), "0000000000000000a3ce929d0e0e4736");
         let mut h = HeaderMap::new();

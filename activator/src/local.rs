@@ -486,8 +486,10 @@ pub fn main(args: LocalArgs) -> ExitCode {
 }
 
 async fn run(args: LocalArgs) -> Result<(), String> {
-    let mut cfg = autoscaler::Config::default();
-    cfg.scale_to_zero_grace_period = args.scale_to_zero_grace_period;
+    let cfg = autoscaler::Config {
+        scale_to_zero_grace_period: args.scale_to_zero_grace_period,
+        ..autoscaler::Config::default()
+    };
     let mut revisions = Vec::new();
     for f in &args.files {
         revisions.push(load(f, &cfg, &args.domain)?);

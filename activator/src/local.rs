@@ -25,7 +25,7 @@ use crate::{Listeners, Shutdown};
 /// Local-mode arguments.
 #[derive(Debug, clap::Args)]
 pub struct LocalArgs {
-    /// Knative Service YAML files (`serving.knative.dev/v1`).
+    /// Knative Service YAML files (`serving.knative.dev/v1`) or directories of them.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// Address the activator listens on.
@@ -388,6 +388,19 @@ async fn revision_loop(
                 None => break,
             },
         }
+        // A pod whose app or queue-proxy exited is dropped; the next tick replaces it.
+        let before = pods.len();
+        pods.retain_mut(|p| {
+            let dead = matches!(p.app.try_wait(), Ok(Some(_)) | Err(_))
+                || matches!(p.qp.try_wait(), Ok(Some(_)) | Err(_));
+            if dead {
+                tracing::warn!(revision = %rev.key, pod = %p.name, "pod exited; replacing it");
+            }
+            !dead
+        });
+        if pods.len() != before {
+            last_tick = Instant::now() - Duration::from_secs(10);
+        }
         // Readiness: the app and the queue-proxy both accept connections.
         for p in pods.iter_mut().filter(|p| !p.ready) {
             p.ready = port_open(p.user_port).await && port_open(p.qp_port).await;
@@ -436,7 +449,9 @@ async fn revision_loop(
                     ready,
                     pods = pods.len(),
                     stable = format!("{:.2}", snap.stable_concurrency),
+                    panic_concurrency = format!("{:.2}", snap.panic_concurrency),
                     panic = snap.panic,
+                    ebc = snap.excess_burst_capacity,
                     "status"
                 );
             }
@@ -490,8 +505,23 @@ async fn run(args: LocalArgs) -> Result<(), String> {
         scale_to_zero_grace_period: args.scale_to_zero_grace_period,
         ..autoscaler::Config::default()
     };
-    let mut revisions = Vec::new();
+    let mut files = Vec::new();
     for f in &args.files {
+        if f.is_dir() {
+            let rd = std::fs::read_dir(f).map_err(|e| format!("{}: {e}", f.display()))?;
+            let mut in_dir: Vec<PathBuf> = rd
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect();
+            in_dir.sort();
+            files.extend(in_dir);
+        } else {
+            files.push(f.clone());
+        }
+    }
+    let mut revisions = Vec::new();
+    for f in &files {
         revisions.push(load(f, &cfg, &args.domain)?);
     }
     let (first, second) = shared::shutdown::signals().map_err(|e| e.to_string())?;

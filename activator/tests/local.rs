@@ -15,7 +15,19 @@ use std::time::{Duration, Instant};
 struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {
+    /// SIGTERM first so `activator local` stops its pods (no orphans), then SIGKILL.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

@@ -65,6 +65,8 @@ struct Meta {
 struct ServiceSpec {
     #[serde(default)]
     template: Template,
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_yaml_ng::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -83,7 +85,13 @@ struct PodSpec {
     #[serde(default)]
     timeout_seconds: Option<u64>,
     #[serde(default)]
+    response_start_timeout_seconds: Option<u64>,
+    #[serde(default)]
+    idle_timeout_seconds: Option<u64>,
+    #[serde(default)]
     containers: Vec<Container>,
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_yaml_ng::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,6 +104,8 @@ struct Container {
     args: Vec<String>,
     #[serde(default)]
     env: Vec<EnvVar>,
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_yaml_ng::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +124,8 @@ struct Revision {
     settings: autoscaler::RevisionSettings,
     container_concurrency: u32,
     timeout: Duration,
+    response_start_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
     program: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
@@ -142,6 +154,18 @@ fn load(path: &Path, cfg: &autoscaler::Config, domain: &str) -> Result<Revision,
             c.image.unwrap_or_default()
         ));
     }
+    let ignored = |what: &str, keys: &BTreeMap<String, serde_yaml_ng::Value>, ok: &[&str]| {
+        for k in keys.keys().filter(|k| !ok.contains(&k.as_str())) {
+            tracing::warn!(file = %p, field = %format!("{what}.{k}"), "not supported in local mode; ignored");
+        }
+    };
+    ignored("spec", &svc.spec.other, &[]);
+    ignored("spec.template.spec", &spec.other, &[]);
+    ignored(
+        "spec.template.spec.containers[0]",
+        &c.other,
+        &["name", "ports", "resources"],
+    );
     let cc = spec.container_concurrency.unwrap_or(0);
     let ann = &svc.spec.template.metadata.annotations;
     for k in autoscaler::annotation::unknown_keys(ann) {
@@ -165,6 +189,8 @@ fn load(path: &Path, cfg: &autoscaler::Config, domain: &str) -> Result<Revision,
         settings,
         container_concurrency: cc,
         timeout: Duration::from_secs(spec.timeout_seconds.unwrap_or(300)),
+        response_start_timeout: spec.response_start_timeout_seconds.map(Duration::from_secs),
+        idle_timeout: spec.idle_timeout_seconds.map(Duration::from_secs),
         program,
         args,
         env: c.env.into_iter().map(|e| (e.name, e.value)).collect(),
@@ -182,6 +208,10 @@ fn resolve_program(cmd: &str) -> PathBuf {
         }
     }
     PathBuf::from(cmd)
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or(0, |d| d.as_secs()).to_string()
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -269,8 +299,11 @@ fn start_pod(rev: &Revision, n: u64) -> std::io::Result<Pod> {
             "REVISION_TIMEOUT_SECONDS",
             rev.timeout.as_secs().to_string(),
         )
-        .env("REVISION_RESPONSE_START_TIMEOUT_SECONDS", "0")
-        .env("REVISION_IDLE_TIMEOUT_SECONDS", "0")
+        .env(
+            "REVISION_RESPONSE_START_TIMEOUT_SECONDS",
+            secs(rev.response_start_timeout),
+        )
+        .env("REVISION_IDLE_TIMEOUT_SECONDS", secs(rev.idle_timeout))
         .env("SERVING_READINESS_PROBE", probe)
         .env("SERVING_LOGGING_CONFIG", "")
         .env("SERVING_LOGGING_LEVEL", "")
@@ -540,6 +573,8 @@ async fn run(args: LocalArgs) -> Result<(), String> {
             RevisionSpec {
                 container_concurrency: rev.container_concurrency,
                 timeout: rev.timeout,
+                response_start_timeout: rev.response_start_timeout,
+                idle_timeout: rev.idle_timeout,
                 service: rev.service.clone(),
                 configuration: rev.service.clone(),
                 ..RevisionSpec::default()

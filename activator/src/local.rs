@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -37,6 +38,9 @@ pub struct LocalArgs {
     /// The autoscaler's `scale-to-zero-grace-period`.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub scale_to_zero_grace_period: Duration,
+    /// Address of the admin listener serving `GET /status` (JSON per revision); off when unset.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
     /// Log level (debug, info, warn, error).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -396,9 +400,43 @@ fn convert(s: shared::stats::Stat) -> autoscaler::Stat {
     }
 }
 
+/// Per-revision status for `GET /status`.
+type StatusMap = Arc<Mutex<BTreeMap<String, serde_json::Value>>>;
+
+/// Serves `GET /status` (any path, in fact) as JSON until the process ends.
+async fn serve_status(listener: TcpListener, status: StatusMap) {
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            continue;
+        };
+        let status = Arc::clone(&status);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let (code, body) = if req.starts_with("GET /status ") {
+                let v = serde_json::to_string(&*status.lock().unwrap_or_else(|e| e.into_inner()))
+                    .unwrap_or_default();
+                ("200 OK", v)
+            } else {
+                (
+                    "404 Not Found",
+                    "{\"error\":\"try GET /status\"}".to_owned(),
+                )
+            };
+            let resp = format!(
+                "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
 /// Scales one revision until `stop`.
 async fn revision_loop(
     rev: Revision,
+    status: StatusMap,
     catalog: Catalog,
     mut stats: mpsc::Receiver<autoscaler::Stat>,
     start: Instant,
@@ -474,6 +512,19 @@ async fn revision_loop(
                     tokio::spawn(stop_pod(p));
                 }
             }
+            status.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                rev.key.to_string(),
+                serde_json::json!({
+                    "host": rev.host,
+                    "desired_pods": snap.desired_pods,
+                    "ready_pods": ready,
+                    "pods": pods.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+                    "stable_concurrency": snap.stable_concurrency,
+                    "panic_concurrency": snap.panic_concurrency,
+                    "panic": snap.panic,
+                    "excess_burst_capacity": snap.excess_burst_capacity,
+                }),
+            );
             if last_status.elapsed() >= Duration::from_secs(3) {
                 last_status = Instant::now();
                 tracing::info!(
@@ -561,6 +612,14 @@ async fn run(args: LocalArgs) -> Result<(), String> {
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("listen {}: {e}", args.listen))?;
+    let status: StatusMap = Arc::default();
+    if let Some(addr) = args.admin {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("admin listen {addr}: {e}"))?;
+        tracing::info!(url = %format!("http://{addr}/status"), "status");
+        tokio::spawn(serve_status(l, Arc::clone(&status)));
+    }
     let catalog = Catalog::new();
     let (sink, mut rx) = StatsSink::channel(1024);
     let start = Instant::now();
@@ -586,6 +645,7 @@ async fn run(args: LocalArgs) -> Result<(), String> {
         senders.insert((rev.key.namespace.clone(), rev.key.name.clone()), tx);
         loops.spawn(revision_loop(
             rev,
+            Arc::clone(&status),
             catalog.clone(),
             srx,
             start,

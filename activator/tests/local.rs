@@ -41,11 +41,20 @@ fn free_port() -> u16 {
 }
 
 fn get(port: u16, host: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    get_path(port, "/index.html", host, timeout)
+}
+
+fn get_path(
+    port: u16,
+    path: &str,
+    host: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(timeout))?;
     write!(
         s,
-        "GET /index.html HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
@@ -115,6 +124,7 @@ spec:
     .expect("yaml");
 
     let port = free_port();
+    let admin = free_port();
     let mut child = Command::new(activator)
         .args([
             "local",
@@ -122,6 +132,8 @@ spec:
             &format!("127.0.0.1:{port}"),
             "--scale-to-zero-grace-period",
             "1s",
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
         ])
         .arg(&yaml)
         .stdout(Stdio::piped())
@@ -162,6 +174,12 @@ spec:
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("hello from local mode"), "{body}");
     assert!(wait_for(&lines, "pod started", 2, Duration::from_secs(1)));
+
+    // The status endpoint lists the revision.
+    let (status, body) =
+        get_path(admin, "/status", "localhost", Duration::from_secs(5)).expect("status");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"default/pyweb-00001\""), "{body}");
 
     // Unknown host: not routed.
     let (status, _) = get(port, "nope.default.example.com", Duration::from_secs(5)).expect("404");

@@ -411,9 +411,16 @@ async fn serve_status(listener: TcpListener, status: StatusMap) {
         };
         let status = Arc::clone(&status);
         tokio::spawn(async move {
-            let mut buf = [0u8; 4096];
-            let n = s.read(&mut buf).await.unwrap_or(0);
-            let req = String::from_utf8_lossy(&buf[..n]);
+            // Read the whole head: closing with unread bytes would reset the connection.
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+                match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await {
+                    Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                    _ => return,
+                }
+            }
+            let req = String::from_utf8_lossy(&buf);
             let (code, body) = if req.starts_with("GET /status ") {
                 let v = serde_json::to_string(&*status.lock().unwrap_or_else(|e| e.into_inner()))
                     .unwrap_or_default();

@@ -122,6 +122,10 @@ pub struct Snapshot {
     /// `Knative-Serving-*` headers and before `<rev>.<ns>.svc.<domain>`. Knative's ingress does
     /// this routing in a cluster; `activator local` uses it for `<service>.<ns>.<domain>`.
     pub routes: BTreeMap<String, RevisionKey>,
+    /// Increases with every change. The request path compares it with the version the throttler
+    /// manager has applied, so a request never acts on throttlers older than the catalog it was
+    /// routed with (a revision added a moment ago is held, not 404).
+    pub version: u64,
 }
 
 /// A handle to the catalog; cheap to clone. Sources write, the activator reads.
@@ -157,6 +161,7 @@ impl Catalog {
         self.tx.send_modify(|snap| {
             let mut next = (**snap).clone();
             f(&mut next);
+            next.version = snap.version + 1;
             *snap = Arc::new(next);
         });
     }
@@ -230,11 +235,12 @@ impl Catalog {
     }
 
     /// Replaces everything at once (the file source re-reading its file).
-    pub fn replace(&self, snapshot: Snapshot) {
+    pub fn replace(&self, mut snapshot: Snapshot) {
         self.tx.send_if_modified(|cur| {
-            if **cur == snapshot {
+            if cur.revisions == snapshot.revisions && cur.routes == snapshot.routes {
                 false
             } else {
+                snapshot.version = cur.version + 1;
                 *cur = Arc::new(snapshot);
                 true
             }

@@ -134,6 +134,7 @@ pub async fn run(
     // The first snapshot is applied before listening, so known revisions never 404.
     manager.apply(&rx.borrow().clone());
     let throttlers = Arc::clone(&manager.throttlers);
+    let applied = manager.applied();
     tokio::spawn(manager.run(rx));
 
     let m = Arc::clone(&metrics);
@@ -155,6 +156,7 @@ pub async fn run(
         cluster_domain: config.cluster_domain.clone(),
         metrics,
         catalog: catalog.subscribe(),
+        applied,
     });
     let stop_accepting = CancellationToken::new();
     let mut servers = tokio::task::JoinSet::new();

@@ -30,6 +30,8 @@ pub struct Manager {
     probe: ProbeSettings,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    /// The catalog version applied last (see [`crate::catalog::Snapshot::version`]).
+    applied: watch::Sender<u64>,
 }
 
 impl Manager {
@@ -51,7 +53,13 @@ impl Manager {
             probe,
             metrics,
             shutdown,
+            applied: watch::channel(0).0,
         }
+    }
+
+    /// Follows the catalog version applied last.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     /// Applies one snapshot: creates, updates and removes throttlers and probers.
@@ -122,6 +130,7 @@ impl Manager {
         // Requests already inside a removed throttler keep their Arc and finish.
         self.throttlers
             .retain(|key, _| snap.revisions.contains_key(key));
+        self.applied.send_replace(snap.version);
     }
 
     /// Follows the catalog until `shutdown`.

@@ -106,6 +106,8 @@ pub struct Handler {
     pub metrics: Arc<Metrics>,
     /// The catalog, for host routes.
     pub catalog: tokio::sync::watch::Receiver<Arc<crate::catalog::Snapshot>>,
+    /// The catalog version the throttler manager has applied.
+    pub applied: tokio::sync::watch::Receiver<u64>,
 }
 
 fn full(resp: Response<Full<Bytes>>) -> Response<RespBody> {
@@ -273,11 +275,20 @@ fn resolve_layer(
         stage(inner, move |inner, mut req: Request<Incoming>| {
             let h = Arc::clone(&h);
             async move {
-                let key = {
+                let (key, version) = {
                     // Short synchronous read of the current snapshot; never held across an await.
                     let snap = h.catalog.borrow();
-                    resolve_key(&req, &h.cluster_domain, &snap.routes)
+                    (
+                        resolve_key(&req, &h.cluster_domain, &snap.routes),
+                        snap.version,
+                    )
                 };
+                if *h.applied.borrow() < version {
+                    // The catalog changed a moment ago and the manager is applying it (a few µs):
+                    // wait, so a revision added just now is held rather than 404.
+                    let mut applied = h.applied.clone();
+                    let _ = applied.wait_for(|v| *v >= version).await;
+                }
                 let Some(throttler) = h.throttlers.get(&key).map(|t| Arc::clone(&t)) else {
                     return full(go_error(
                         StatusCode::NOT_FOUND,

@@ -88,6 +88,15 @@ pub struct Cli {
     /// Ours: quiet period after SIGTERM before exiting, in seconds (default 30).
     #[arg(long, env = "QUEUE_DRAIN_SECONDS")]
     pub queue_drain_seconds: Option<String>,
+    /// OTel SDK variable: span collector URL, used as given; wins over the configured endpoint.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    pub otel_exporter_otlp_traces_endpoint: Option<String>,
+    /// OTel SDK variable: collector base URL (`/v1/traces` appended for http/protobuf).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+    /// OTel SDK variable: the `service.name` resource attribute of exported spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub otel_service_name: Option<String>,
 }
 
 /// Every environment variable [`Cli`] reads, Knative's first, then ours.
@@ -124,6 +133,9 @@ pub const ENV_NAMES: &[&str] = &[
     "QUEUE_METRICS_PORT",
     "QUEUE_USER_METRICS_PORT",
     "QUEUE_DRAIN_SECONDS",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_SERVICE_NAME",
 ];
 
 /// A configuration error; the message names the variable.
@@ -173,8 +185,13 @@ pub struct Observability {
     pub request_log_template: String,
     /// `enableProbeRequestLog`.
     pub enable_probe_request_log: bool,
-    /// `tracing.protocol` is not `none` (we propagate W3C context either way; no exporter).
-    pub tracing_enabled: bool,
+    /// `tracing.protocol` (`""`/`none` = off, `grpc`, `http/protobuf`, `stdout`).
+    pub tracing_protocol: String,
+    /// `tracing.endpoint`.
+    pub tracing_endpoint: Option<String>,
+    /// `tracing.samplingRate` (default 0: with a protocol but no rate nothing is sampled, as
+    /// in Knative, except `stdout`, which always samples).
+    pub tracing_sampling_rate: f64,
 }
 
 /// Knative's default request-log template (§7.6), verbatim.
@@ -188,7 +205,9 @@ impl Default for Observability {
             enable_request_log: false,
             request_log_template: DEFAULT_REQUEST_LOG_TEMPLATE.to_owned(),
             enable_probe_request_log: false,
-            tracing_enabled: false,
+            tracing_protocol: String::new(),
+            tracing_endpoint: None,
+            tracing_sampling_rate: 0.0,
         }
     }
 }
@@ -214,6 +233,8 @@ struct ProtoJson {
     protocol: Option<String>,
     #[serde(default)]
     endpoint: Option<String>,
+    #[serde(default, rename = "samplingRate")]
+    sampling_rate: Option<f64>,
 }
 
 impl Observability {
@@ -243,16 +264,19 @@ impl Observability {
             out.request_metrics_endpoint = rm.endpoint.filter(|e| !e.is_empty());
         }
         if let Some(t) = j.tracing {
-            out.tracing_enabled = match t.protocol.as_deref().unwrap_or("") {
-                "" | "none" => false,
-                "grpc" | "http/protobuf" | "stdout" => true,
-                other => {
-                    return Err(invalid(
-                        "OBSERVABILITY_CONFIG",
-                        format!("unsupported tracing protocol {other:?}"),
-                    ));
-                }
-            };
+            let protocol = t.protocol.unwrap_or_default();
+            if !matches!(
+                protocol.as_str(),
+                "" | "none" | "grpc" | "http/protobuf" | "stdout"
+            ) {
+                return Err(invalid(
+                    "OBSERVABILITY_CONFIG",
+                    format!("unsupported tracing protocol {protocol:?}"),
+                ));
+            }
+            out.tracing_protocol = protocol;
+            out.tracing_endpoint = t.endpoint.filter(|e| !e.is_empty());
+            out.tracing_sampling_rate = t.sampling_rate.unwrap_or(0.0);
         }
         out.enable_request_log = j.enable_request_log.unwrap_or(false);
         out.enable_probe_request_log = j.enable_probe_request_log.unwrap_or(false);
@@ -313,6 +337,9 @@ pub struct Config {
     pub user_metrics_port: Option<u16>,
     /// `QUEUE_DRAIN_SECONDS` (default 30).
     pub drain_quiet_period: Duration,
+    /// Span export, from `tracing` in `OBSERVABILITY_CONFIG` and the `OTEL_*` overrides;
+    /// `None` = off (Knative's default).
+    pub tracing: Option<shared::telemetry::otlp::ExportConfig>,
 }
 
 /// Go's `strconv.ParseInt(s, 0, 64)`: decimal, `0x`, `0o`/`0`, `0b` prefixes, optional sign.
@@ -479,6 +506,26 @@ impl TryFrom<Cli> for Config {
                 return Err(invalid(name, format!("unsupported TLS version {v:?}")));
             }
         }
+        let tracing = shared::telemetry::otlp::ExportConfig::from_knative(
+            &observability.tracing_protocol,
+            observability.tracing_endpoint.as_deref(),
+            observability.tracing_sampling_rate,
+            c.otel_exporter_otlp_traces_endpoint.as_deref(),
+            c.otel_exporter_otlp_endpoint.as_deref(),
+        )
+        .map_err(|e| invalid("OBSERVABILITY_CONFIG", e))?
+        .map(|mut t| {
+            t.service_name = c
+                .otel_service_name
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "queue-proxy".to_owned());
+            t.resource = vec![
+                ("k8s.namespace.name".to_owned(), namespace.clone()),
+                ("k8s.pod.name".to_owned(), pod.clone()),
+                ("kn.revision.name".to_owned(), revision.clone()),
+            ];
+            t
+        });
         Ok(Self {
             namespace,
             service: c.serving_service.unwrap_or_default(),
@@ -506,6 +553,7 @@ impl TryFrom<Cli> for Config {
             metrics_port: opt_port(c.queue_metrics_port, "QUEUE_METRICS_PORT", 9090)?,
             user_metrics_port,
             drain_quiet_period: Duration::from_secs(drain),
+            tracing,
         })
     }
 }
@@ -574,6 +622,42 @@ mod tests {
         let mut c = cli();
         c.enable_http2_auto_detection = Some("yes".into());
         assert!(Config::try_from(c).is_err());
+    }
+
+    #[test]
+    fn tracing_settings_and_otel_overrides() {
+        let mut c = cli();
+        c.observability_config = Some(
+            r#"{"tracing":{"protocol":"http/protobuf","endpoint":"collector:4318","samplingRate":0.5}}"#
+                .into(),
+        );
+        let t = Config::try_from(c.clone()).unwrap().tracing.unwrap();
+        assert_eq!(
+            t.endpoint.unwrap().to_string(),
+            "http://collector:4318/v1/traces"
+        );
+        assert!((t.sampling_rate - 0.5).abs() < f64::EPSILON);
+        assert_eq!(t.service_name, "queue-proxy");
+        c.otel_exporter_otlp_traces_endpoint = Some("http://other:9/t".into());
+        c.otel_service_name = Some("svc".into());
+        let t = Config::try_from(c.clone()).unwrap().tracing.unwrap();
+        assert_eq!(t.endpoint.unwrap().to_string(), "http://other:9/t");
+        assert_eq!(t.service_name, "svc");
+        // Off by default, and with "none".
+        assert!(Config::try_from(cli()).unwrap().tracing.is_none());
+        c.observability_config = Some(r#"{"tracing":{"protocol":"none"}}"#.into());
+        assert!(Config::try_from(c.clone()).unwrap().tracing.is_none());
+        // A protocol without an endpoint, or an unknown one, names the variable.
+        c.otel_exporter_otlp_traces_endpoint = None;
+        c.observability_config = Some(r#"{"tracing":{"protocol":"grpc"}}"#.into());
+        let e = Config::try_from(c.clone()).unwrap_err().to_string();
+        assert!(
+            e.contains("OBSERVABILITY_CONFIG") && e.contains("endpoint"),
+            "{e}"
+        );
+        c.observability_config = Some(r#"{"tracing":{"protocol":"zipkin"}}"#.into());
+        let e = Config::try_from(c).unwrap_err().to_string();
+        assert!(e.contains("zipkin"), "{e}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod probe;
 pub mod reqlog;
 pub mod stack;
 pub mod stats;
+pub mod trace;
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -182,6 +183,12 @@ pub async fn run(
         drainer: drainer.clone(),
         prober,
         observer,
+        tracer: config
+            .tracing
+            .clone()
+            .map_or_else(shared::telemetry::otlp::Tracer::disabled, |t| {
+                shared::telemetry::otlp::Tracer::start(t, side.clone())
+            }),
     });
     let serving = tokio::spawn(serve(
         listeners.serving,

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! Observe (in-flight count, request log, request metrics)
+//!  → Trace (spans, when tracing is on; queue-proxy.md §7.5)
 //!  → Rescue (errors → 502/503/504; the only place that picks status codes)
 //!  → DrainProbe (health checks and KProbes answered here; restarts the drain timer)
 //!  → Timeout (total / response-start / idle, queue wait included)
@@ -572,6 +573,9 @@ where
         let mut inner = take(&mut self.inner);
         Box::pin(async move {
             let permit = slot?.acquire().await;
+            if let Some(a) = req.extensions().get::<crate::trace::Admitted>() {
+                a.mark();
+            }
             let resp = inner.call(req).await?;
             Ok(hold(resp, permit))
         })
@@ -658,6 +662,8 @@ pub struct StackParts {
     pub prober: Prober,
     /// Request log, metrics and in-flight count.
     pub observer: Observer,
+    /// Span recording (disabled unless `tracing.protocol` is set).
+    pub tracer: shared::telemetry::otlp::Tracer,
 }
 
 /// Builds the serving port's stack.
@@ -672,6 +678,7 @@ pub fn stack(
 + Send
 + 'static {
     let depth = p.observer.queue_depth_gauge();
+    let has_breaker = p.breaker.is_some();
     let client = UserClient::new(p.upstream);
     // The breaker is innermost so its permit covers exactly the upstream call and body.
     let breaker = BreakerLayer::new(client, p.breaker, depth);
@@ -682,7 +689,10 @@ pub fn stack(
     let timeout = Timeout::new(shim, p.timeouts);
     let drain = DrainProbe::new(timeout, p.drainer, p.prober);
     let rescue = Rescue::new(drain);
-    crate::observe::Observe::new(rescue, p.observer)
+    // Spans sit inside Observe and above Rescue: they see the final status, and probes
+    // (answered below) are skipped by header before any span starts.
+    let traced = crate::trace::Trace::new(rescue, p.tracer, has_breaker);
+    crate::observe::Observe::new(traced, p.observer)
 }
 
 #[cfg(test)]

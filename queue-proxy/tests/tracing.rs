@@ -1,0 +1,178 @@
+//! The real binary with tracing on: spans reach an OTLP/HTTP collector on 127.0.0.1 with
+//! Knative's names and parentage, the app sees the client span in `traceparent`, and probes
+//! produce no spans.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use prost::Message as _;
+use shared::telemetry::otlp::{ExportTraceServiceRequest, Span};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const BIN: &str = env!("CARGO_BIN_EXE_queue-proxy");
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn collector() -> (SocketAddr, mpsc::UnboundedReceiver<Span>, CancellationToken) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let tx = tx.clone();
+        async move {
+            assert_eq!(req.uri().path(), "/v1/traces");
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let msg = ExportTraceServiceRequest::decode(body.as_ref()).unwrap();
+            for rs in msg.resource_spans {
+                for ss in rs.scope_spans {
+                    for s in ss.spans {
+                        let _ = tx.send(s);
+                    }
+                }
+            }
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        }
+    });
+    tokio::spawn(shared::http::server::serve(
+        l,
+        svc,
+        shared::http::server::ServerOptions::default(),
+        stop.clone(),
+    ));
+    (addr, rx, stop)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_the_collector_with_knatives_names_and_parentage() {
+    let app = start_app().await;
+    let (col, mut spans, _stop) = collector().await;
+    let obs = format!(
+        r#"{{"tracing":{{"protocol":"http/protobuf","endpoint":"{col}","samplingRate":1}}}}"#
+    );
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .envs([
+            ("SERVING_NAMESPACE", "ns"),
+            ("SERVING_CONFIGURATION", ""),
+            ("SERVING_REVISION", "rev"),
+            ("SERVING_POD", "pod-1"),
+            ("SERVING_POD_IP", "127.0.0.1"),
+            ("QUEUE_SERVING_PORT", "0"),
+            ("QUEUE_SERVING_TLS_PORT", "8112"),
+            ("CONTAINER_CONCURRENCY", "1"),
+            ("REVISION_TIMEOUT_SECONDS", "10"),
+            ("QUEUE_ADMIN_PORT", "0"),
+            ("QUEUE_METRICS_PORT", "0"),
+            ("QUEUE_DRAIN_SECONDS", "1"),
+            ("OBSERVABILITY_CONFIG", obs.as_str()),
+        ])
+        .env("USER_PORT", app.addr.port().to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _child = Kill(child);
+    let serving: SocketAddr = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let found = loop {
+            let line = lines.next().expect("a listening line").unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["message"] == "listening" && v["listener"] == "serving" {
+                let addr: SocketAddr = v["addr"].as_str().unwrap().parse().unwrap();
+                break SocketAddr::from(([127, 0, 0, 1], addr.port()));
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        found
+    })
+    .await
+    .unwrap();
+
+    // A probe first: answered by the queue-proxy, no spans.
+    let (s, _, _) = get(
+        serving,
+        "/",
+        &[
+            ("user-agent", "Knative-Activator-Probe"),
+            ("k-network-probe", "queue"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+
+    let incoming_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let incoming_span = "00f067aa0ba902b7";
+    let tp = format!("00-{incoming_trace}-{incoming_span}-01");
+    let (s, _, body) = get(serving, "/headers", &[("traceparent", tp.as_str())]).await;
+    assert_eq!(s, StatusCode::OK);
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let upstream_tp = body
+        .lines()
+        .find_map(|l| l.strip_prefix("traceparent: "))
+        .expect("traceparent reaches the app")
+        .to_owned();
+
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let s = tokio::time::timeout(Duration::from_secs(10), spans.recv())
+            .await
+            .expect("four spans exported within the flush interval")
+            .unwrap();
+        got.push(s);
+    }
+    // Nothing else arrives (the probe made no spans).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), spans.recv())
+            .await
+            .is_err()
+    );
+    let by_name = |n: &str| {
+        got.iter()
+            .find(|s| s.name == n)
+            .unwrap_or_else(|| panic!("{n}"))
+    };
+    let server = by_name("GET");
+    let proxy = by_name("kn.queueproxy.proxy");
+    let wait = by_name("kn.queueproxy.wait");
+    let client = by_name("HTTP GET");
+    for s in &got {
+        assert_eq!(hex(&s.trace_id), incoming_trace, "one trace");
+        assert!(s.end_time_unix_nano >= s.start_time_unix_nano);
+    }
+    assert_eq!(hex(&server.parent_span_id), incoming_span);
+    assert_eq!((server.kind, client.kind), (2, 3));
+    assert_eq!(proxy.parent_span_id, server.span_id);
+    assert_eq!(wait.parent_span_id, proxy.span_id);
+    assert_eq!(client.parent_span_id, proxy.span_id);
+    assert_eq!(
+        upstream_tp,
+        format!("00-{incoming_trace}-{}-01", hex(&client.span_id)),
+        "the app's parent is the client span"
+    );
+}

@@ -29,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod lb;
 pub mod local;
+pub mod logging;
 pub mod manager;
 pub mod metrics;
 pub mod probe;

@@ -121,7 +121,9 @@ impl Local {
             let l = Arc::clone(&lines);
             std::thread::spawn(move || {
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    l.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                    l.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(strip_ansi(&line));
                 }
             });
         }
@@ -217,6 +219,24 @@ impl Drop for Local {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The log without terminal colour codes (`ESC [ ... m`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// One `Connection: close` request: status, head, body.
@@ -734,5 +754,40 @@ fn bad_yaml_names_file_line_and_field() {
         assert!(!out.status.success(), "{text}\n{stderr}");
         let want = format!("{}{want}", f.display());
         assert!(stderr.contains(&want), "want {want:?} in:\n{stderr}");
+    }
+}
+
+/// Requests held for a revision without a ready pod show in `GET /status` and the status line.
+#[test]
+fn held_requests_show_in_status() {
+    let _serial = serial();
+    let dir = Dir::new("held");
+    // `sleep` never listens, so the pod never becomes ready and requests stay held.
+    let yaml = dir.file(
+        "never.yaml",
+        &hello(&[], "World")
+            .replace("name: hello", "name: never")
+            .replace(
+                r#"- command: ["helloworld"]"#,
+                r#"- command: ["sleep", "60"]"#,
+            ),
+    );
+    let local = Local::start(&[yaml], &[]);
+    let port = local.port;
+    for _ in 0..2 {
+        // Detached: these requests end with the activator, when the test drops it.
+        std::thread::spawn(move || get(port, "/", "never.default.example.com"));
+    }
+    wait_until(Duration::from_secs(20), "two held requests", || {
+        local.status("never-00001")["held_requests"] == 2
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !local.log_has("held=2") {
+        assert!(
+            Instant::now() < deadline,
+            "no status line with held=2:\n{}",
+            local.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -791,3 +791,49 @@ fn held_requests_show_in_status() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+fn environ(pid: u64) -> std::collections::BTreeMap<String, String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    raw.split(|b| *b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// The container's `readinessProbe` reaches the queue-proxy as `SERVING_READINESS_PROBE`,
+/// aimed at the app's port, as Knative's reconciler writes it; the pod passes it.
+#[test]
+fn readiness_probe_reaches_the_queue_proxy() {
+    let _serial = serial();
+    let dir = Dir::new("probe");
+    let yaml = dir.file(
+        "hello.yaml",
+        &hello(&[], "World").replace(
+            "          env:\n",
+            "          ports:\n            - containerPort: 8080\n          readinessProbe:\n            httpGet:\n              path: /healthz\n              port: 8080\n            periodSeconds: 1\n          env:\n",
+        ),
+    );
+    let local = Local::start(&[yaml], &[]);
+    wait_until(Duration::from_secs(20), "a ready pod", || {
+        local.ready_pods("hello-00001") == 1
+    });
+    let pod = local.status("hello-00001")["pods"][0].clone();
+    let qp = environ(pod["queue_proxy_pid"].as_u64().expect("qp pid"));
+    let app = environ(pod["app_pid"].as_u64().expect("app pid"));
+    let user_port: u16 = qp["USER_PORT"].parse().expect("USER_PORT");
+    assert_eq!(app["PORT"], user_port.to_string());
+    let probe: serde_json::Value =
+        serde_json::from_str(&qp["SERVING_READINESS_PROBE"]).expect("probe JSON");
+    assert_eq!(
+        probe,
+        serde_json::json!({
+            "httpGet": {"path": "/healthz", "port": user_port, "host": "127.0.0.1", "scheme": "HTTP"},
+            "periodSeconds": 1, "timeoutSeconds": 1, "successThreshold": 1
+        })
+    );
+    assert_eq!(qp["SERVING_REVISION"], "hello-00001");
+    assert_eq!(qp["SERVING_SERVICE"], "hello");
+}

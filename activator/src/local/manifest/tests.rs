@@ -263,3 +263,28 @@ fn bad_annotations_name_their_line() {
         "{e}"
     );
 }
+
+#[test]
+fn the_examples_parse() {
+    let cfg = autoscaler::Config::default();
+    let files = [
+        (
+            "helloworld.yaml",
+            include_str!("../../../../examples/helloworld.yaml"),
+        ),
+        (
+            "autoscale.yaml",
+            include_str!("../../../../examples/autoscale.yaml"),
+        ),
+        (
+            "traffic-split.yaml",
+            include_str!("../../../../examples/traffic-split.yaml"),
+        ),
+    ];
+    let (svcs, warnings) = parse(&files, &cfg).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let names: Vec<&str> = svcs.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["helloworld", "autoscale", "hello"]);
+    assert_eq!(svcs[2].revisions.len(), 2);
+    assert_eq!(svcs[2].traffic.len(), 2);
+}

@@ -437,6 +437,12 @@ fn hello_world_from_zero_answers_and_reports_the_time_split() {
     let cold = local.status("hello-00001")["last_cold_start"].clone();
     let pod_start_ms = cold["pod_start_ms"].as_f64().expect("pod_start_ms");
     let scheduling_ms = cold["scheduling_ms"].as_f64().expect("scheduling_ms");
+    let readiness_ms = cold["readiness_ms"].as_f64().expect("readiness_ms");
+    let app_ms = cold["app_listening_ms"].as_f64().expect("app_listening_ms");
+    let qp_ms = cold["queue_proxy_listening_ms"]
+        .as_f64()
+        .expect("queue_proxy_listening_ms");
+    assert_eq!(pod_start_ms, app_ms.max(qp_ms), "{cold}");
     // The pod's start is part of the client's wait, and so is our scheduling.
     assert!(
         pod_start_ms > 0.0 && pod_start_ms < total_ms,
@@ -447,10 +453,16 @@ fn hello_world_from_zero_answers_and_reports_the_time_split() {
         "{cold} total {total_ms}"
     );
     assert!(hold_ms <= total_ms + 1.0, "hold {hold_ms} total {total_ms}");
+    assert!(
+        readiness_ms >= 0.0 && readiness_ms < total_ms,
+        "{cold} total {total_ms}"
+    );
     eprintln!(
-        "cold start: first request {total_ms:.1} ms = pod start {pod_start_ms:.1} ms + ours {:.1} ms \
-         (of which poke → spawn {scheduling_ms:.1} ms); activator hold {hold_ms:.1} ms",
-        total_ms - pod_start_ms
+        "cold start: first request {total_ms:.1} ms = pod start {pod_start_ms:.1} ms (app {app_ms:.1}, queue-proxy {qp_ms:.1}) + ours {:.1} ms \
+         (demand → spawn {scheduling_ms:.1} ms, listening → queue-proxy ready {readiness_ms:.1} ms, \
+         rest {:.1} ms); activator hold {hold_ms:.1} ms",
+        total_ms - pod_start_ms,
+        total_ms - pod_start_ms - scheduling_ms - readiness_ms
     );
     assert!(local.log_has("cold start"), "{}", local.log());
 

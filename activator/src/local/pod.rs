@@ -49,6 +49,10 @@ pub struct Pod {
     pub spawned: Instant,
     /// Spawn → the app accepting connections (set once, by a watcher task).
     pub listening_after: Arc<OnceLock<Duration>>,
+    /// Spawn → the queue-proxy accepting connections (set once, by a watcher task).
+    pub qp_listening_after: Arc<OnceLock<Duration>>,
+    /// Spawn → the queue-proxy reporting the pod ready (set once, by a watcher task).
+    pub ready_after: Arc<OnceLock<Duration>>,
     /// The queue-proxy process.
     pub qp: Child,
     /// The app process.
@@ -67,25 +71,9 @@ impl Pod {
             || matches!(self.qp.try_wait(), Ok(Some(_)) | Err(_))
     }
 
-    /// Asks the queue-proxy whether the pod is ready (`K-Network-Probe: queue`, as the
-    /// activator does): 200 once the user container passed the readiness probe, 503 before
-    /// and while draining.
+    /// Asks the queue-proxy whether the pod is ready (`K-Network-Probe: queue`).
     pub async fn probe(&self) -> bool {
-        let ask = async {
-            let mut s = TcpStream::connect(("127.0.0.1", self.qp_port)).await.ok()?;
-            s.write_all(
-                b"GET / HTTP/1.1\r\nHost: localhost\r\nK-Network-Probe: queue\r\nConnection: close\r\n\r\n",
-            )
-            .await
-            .ok()?;
-            let mut head = [0u8; 12];
-            s.read_exact(&mut head).await.ok()?;
-            Some(&head[9..12] == b"200")
-        };
-        matches!(
-            tokio::time::timeout(Duration::from_millis(500), ask).await,
-            Ok(Some(true))
-        )
+        probe_queue(self.qp_port).await
     }
 }
 
@@ -195,6 +183,14 @@ pub fn start(t: &PodTemplate, n: u64) -> std::io::Result<Pod> {
         spawned,
         Arc::clone(&listening_after),
     ));
+    let qp_listening_after = Arc::new(OnceLock::new());
+    tokio::spawn(watch_listening(
+        qp_port,
+        spawned,
+        Arc::clone(&qp_listening_after),
+    ));
+    let ready_after = Arc::new(OnceLock::new());
+    tokio::spawn(watch_ready(qp_port, spawned, Arc::clone(&ready_after)));
     tracing::info!(revision = %t.key, pod = %name, "pod started");
     Ok(Pod {
         name,
@@ -204,21 +200,64 @@ pub fn start(t: &PodTemplate, n: u64) -> std::io::Result<Pod> {
         ready: false,
         spawned,
         listening_after,
+        qp_listening_after,
+        ready_after,
         qp,
         app,
     })
 }
 
 /// Measures the pod-start share of a cold start: connects to the app's port every millisecond
-/// until it accepts. A 1 ms poll costs little next to a process start and bounds the error.
+/// (every 10 ms after the first second) until it accepts. The poll costs little next to a
+/// process start and bounds the error to the interval.
 async fn watch_listening(port: u16, spawned: Instant, out: Arc<OnceLock<Duration>>) {
     while spawned.elapsed() < LISTEN_WATCH {
         if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
             let _ = out.set(spawned.elapsed());
             return;
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::time::sleep(poll_interval(spawned)).await;
     }
+}
+
+/// Spawned → the queue-proxy answering its readiness probe with 200, polled like
+/// [`watch_listening`]: the gap after the app listens is the queue-proxy's probing (ours).
+async fn watch_ready(port: u16, spawned: Instant, out: Arc<OnceLock<Duration>>) {
+    while spawned.elapsed() < LISTEN_WATCH {
+        if probe_queue(port).await {
+            let _ = out.set(spawned.elapsed());
+            return;
+        }
+        tokio::time::sleep(poll_interval(spawned)).await;
+    }
+}
+
+fn poll_interval(spawned: Instant) -> Duration {
+    if spawned.elapsed() < Duration::from_secs(1) {
+        Duration::from_millis(1)
+    } else {
+        Duration::from_millis(10)
+    }
+}
+
+/// `K-Network-Probe: queue` to a queue-proxy, as the activator sends it: 200 once the user
+/// container passed the readiness probe, 503 before and while draining.
+async fn probe_queue(port: u16) -> bool {
+    let ask = async {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        s.write_all(
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nK-Network-Probe: queue\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .ok()?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.ok()?;
+        Some(&head[9..12] == b"200")
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), ask).await,
+        Ok(Some(true))
+    )
 }
 
 /// SIGTERM to the queue-proxy (it fails probes, drains, exits), bounded; then the app stops.

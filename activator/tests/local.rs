@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use rustix::process::Signal;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -173,14 +174,8 @@ impl Local {
             .map_or(usize::MAX, Vec::len)
     }
 
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill -{sig}");
+    fn signal(&self, sig: Signal) {
+        kill(u64::from(self.child.id()), sig).expect("signal the activator");
     }
 
     /// Waits for the process to exit (bounded); its exit status.
@@ -205,10 +200,7 @@ impl Drop for Local {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        let _ = kill(u64::from(self.child.id()), Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -237,6 +229,14 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+fn kill(pid: u64, sig: Signal) -> rustix::io::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or(rustix::io::Errno::INVAL)?;
+    rustix::process::kill_process(pid, sig)
 }
 
 /// One `Connection: close` request: status, head, body.
@@ -654,13 +654,7 @@ fn crashed_pod_is_replaced() {
     });
     let pod = local.status(rev)["pods"][0].clone();
     let pid = pod["app_pid"].as_u64().expect("app pid");
-    assert!(
-        Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    kill(pid, Signal::KILL).expect("kill the app");
     wait_until(Duration::from_secs(20), "a replacement pod", || {
         let s = local.status(rev);
         s["ready_pods"] == 1 && s["pods"][0]["name"] != pod["name"]
@@ -711,8 +705,8 @@ fn alive(pid: u32, start: u64) -> bool {
 #[test]
 fn no_process_is_left_after_sigterm_or_sigint() {
     let _serial = serial();
-    for sig in ["TERM", "INT"] {
-        let dir = Dir::new(&format!("signal-{sig}"));
+    for (sig, name) in [(Signal::TERM, "TERM"), (Signal::INT, "INT")] {
+        let dir = Dir::new(&format!("signal-{name}"));
         let yaml = dir.file("hello.yaml", &hello(&[("min-scale", "2")], "World"));
         let mut local = Local::start(&[yaml], &[]);
         wait_until(Duration::from_secs(30), "two ready pods", || {
@@ -723,9 +717,9 @@ fn no_process_is_left_after_sigterm_or_sigint() {
         assert!(procs.len() >= 4, "{procs:?}");
         local.signal(sig);
         let status = local.wait_exit(Duration::from_secs(30));
-        assert!(status.success(), "SIG{sig}: {status}\n{}", local.log());
+        assert!(status.success(), "SIG{name}: {status}\n{}", local.log());
         let left: Vec<_> = procs.iter().filter(|(p, s)| alive(*p, *s)).collect();
-        assert!(left.is_empty(), "SIG{sig} left {left:?}\n{}", local.log());
+        assert!(left.is_empty(), "SIG{name} left {left:?}\n{}", local.log());
     }
 }
 

@@ -6,6 +6,7 @@ use std::process::Stdio;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use rustix::process::Signal;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -262,7 +263,7 @@ async fn probe_queue(port: u16) -> bool {
 
 /// SIGTERM to the queue-proxy (it fails probes, drains, exits), bounded; then the app stops.
 pub async fn stop(mut pod: Pod) {
-    signal(&pod.qp, SIGTERM);
+    signal(&pod.qp, Signal::TERM);
     if tokio::time::timeout(Duration::from_secs(10), pod.qp.wait())
         .await
         .is_err()
@@ -270,7 +271,7 @@ pub async fn stop(mut pod: Pod) {
         let _ = pod.qp.kill().await;
     }
     // Knative stops the user container with SIGTERM too, once the queue-proxy has drained.
-    signal(&pod.app, SIGTERM);
+    signal(&pod.app, Signal::TERM);
     if tokio::time::timeout(Duration::from_secs(2), pod.app.wait())
         .await
         .is_err()
@@ -280,17 +281,14 @@ pub async fn stop(mut pod: Pod) {
     tracing::info!(pod = %pod.name, "pod stopped");
 }
 
-const SIGTERM: i32 = 15;
-
-fn signal(child: &Child, sig: i32) {
-    if let Some(pid) = child.id() {
-        // `kill(1)` keeps this crate free of unsafe libc calls; stopping a pod is not hot.
-        let _ = std::process::Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(pid.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+fn signal(child: &Child, sig: Signal) {
+    let pid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(pid) = pid {
+        // ESRCH (already gone) is fine: the caller waits for the exit either way.
+        let _ = rustix::process::kill_process(pid, sig);
     }
 }
 

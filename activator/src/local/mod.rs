@@ -309,3 +309,57 @@ async fn run(args: LocalArgs) -> Result<(), LocalError> {
         Ok(Err(e)) => Err(e.into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::manifest::Target;
+
+    fn plan(traffic: Vec<Target>) -> ServicePlan {
+        ServicePlan {
+            name: "hello".into(),
+            namespace: "ns".into(),
+            revisions: Vec::new(),
+            traffic,
+        }
+    }
+
+    fn t(revision: &str, percent: u32, tag: Option<&str>) -> Target {
+        Target {
+            revision: revision.into(),
+            percent,
+            tag: tag.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn main_host_splits_by_percent_and_tags_get_their_own_host() {
+        let svc = plan(vec![
+            t("hello-1", 50, None),
+            t("hello-2", 30, Some("old")),
+            t("hello-1", 20, Some("current")),
+            t("hello-3", 0, Some("next")),
+        ]);
+        assert_eq!(
+            routes(&svc, "example.com"),
+            vec![
+                (
+                    "hello.ns.example.com".to_owned(),
+                    vec![("hello-1".to_owned(), 70), ("hello-2".to_owned(), 30)]
+                ),
+                (
+                    "old-hello.ns.example.com".to_owned(),
+                    vec![("hello-2".to_owned(), 100)]
+                ),
+                (
+                    "current-hello.ns.example.com".to_owned(),
+                    vec![("hello-1".to_owned(), 100)]
+                ),
+                (
+                    "next-hello.ns.example.com".to_owned(),
+                    vec![("hello-3".to_owned(), 100)]
+                ),
+            ]
+        );
+    }
+}

@@ -21,6 +21,11 @@ use self::traffic::{PendingTraffic, is_dns_label, resolve_traffic};
 use self::yaml::{Meta, ServiceYaml, Template};
 use crate::catalog::Protocol;
 
+/// Knative's `container-concurrency-max-limit` default (`config-defaults`).
+const MAX_CONTAINER_CONCURRENCY: u32 = 1000;
+/// Knative's `max-revision-timeout-seconds` default (`config-defaults`).
+const MAX_TIMEOUT_SECONDS: u64 = 600;
+
 /// Why a manifest was rejected; always names the file, and the line and field where known.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -337,6 +342,14 @@ fn revision(
         env.push((e.name, e.value.unwrap_or_default()));
     }
     let container_concurrency = spec.container_concurrency.unwrap_or(0);
+    if container_concurrency > MAX_CONTAINER_CONCURRENCY {
+        return Err(doc.err(
+            &["spec", "template", "spec", "containerConcurrency"],
+            format!(
+                "expected 0 <= {container_concurrency} <= {MAX_CONTAINER_CONCURRENCY} (Knative's container-concurrency-max-limit)"
+            ),
+        ));
+    }
     let ann_path = ["spec", "template", "metadata", "annotations"];
     for k in autoscaler::annotation::unknown_keys(&tmeta.annotations) {
         let path: Vec<&str> = ann_path.iter().copied().chain([k]).collect();
@@ -357,6 +370,12 @@ fn revision(
             Some(0) if field == "timeoutSeconds" => Err(doc.err(
                 &["spec", "template", "spec", field],
                 "must be greater than 0",
+            )),
+            Some(n) if n > MAX_TIMEOUT_SECONDS => Err(doc.err(
+                &["spec", "template", "spec", field],
+                format!(
+                    "expected 0 <= {n} <= {MAX_TIMEOUT_SECONDS} (Knative's max-revision-timeout-seconds)"
+                ),
             )),
             v => Ok(v.filter(|s| *s > 0).map(Duration::from_secs)),
         }

@@ -288,3 +288,41 @@ fn the_examples_parse() {
     assert_eq!(svcs[2].revisions.len(), 2);
     assert_eq!(svcs[2].traffic.len(), 2);
 }
+
+#[test]
+fn knative_limits_on_concurrency_and_timeouts() {
+    let with = |line: &str| {
+        HELLO.replace(
+            "    spec:\n      containers:",
+            &format!("    spec:\n      {line}\n      containers:"),
+        )
+    };
+    for (line, want) in [
+        (
+            "containerConcurrency: 1001",
+            "spec.template.spec.containerConcurrency: expected 0 <= 1001 <= 1000",
+        ),
+        (
+            "timeoutSeconds: 601",
+            "spec.template.spec.timeoutSeconds: expected 0 <= 601 <= 600",
+        ),
+        (
+            "timeoutSeconds: 0",
+            "spec.template.spec.timeoutSeconds: must be greater than 0",
+        ),
+        (
+            "idleTimeoutSeconds: 700",
+            "spec.template.spec.idleTimeoutSeconds: expected 0 <= 700 <= 600",
+        ),
+    ] {
+        let e = err(&[("a.yaml", &with(line))]);
+        assert!(e.starts_with("a.yaml:8: "), "{e}");
+        assert!(e.contains(want), "{line}: {e}");
+    }
+    let (svcs, _) = parse(
+        &[("a.yaml", &with("containerConcurrency: 1000"))],
+        &autoscaler::Config::default(),
+    )
+    .unwrap();
+    assert_eq!(svcs[0].revisions[0].container_concurrency, 1000);
+}

@@ -15,6 +15,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::split::TrafficSplit;
+
 /// `namespace/name` of a revision.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RevisionKey {
@@ -122,6 +124,9 @@ pub struct Snapshot {
     /// `Knative-Serving-*` headers and before `<rev>.<ns>.svc.<domain>`. Knative's ingress does
     /// this routing in a cluster; `activator local` uses it for `<service>.<ns>.<domain>`.
     pub routes: BTreeMap<String, RevisionKey>,
+    /// Host routes split by percent over several revisions (Knative `spec.traffic`), consulted
+    /// right after `routes`. `activator local` sets one per Service with more than one target.
+    pub splits: BTreeMap<String, Arc<TrafficSplit>>,
     /// Increases with every change. The request path compares it with the version the throttler
     /// manager has applied, so a request never acts on throttlers older than the catalog it was
     /// routed with (a revision added a moment ago is held, not 404).
@@ -222,7 +227,18 @@ impl Catalog {
     pub fn set_route(&self, host: &str, key: RevisionKey) {
         let host = host.to_ascii_lowercase();
         self.modify(|s| {
+            s.splits.remove(&host);
             s.routes.insert(host, key);
+        });
+    }
+
+    /// Routes requests whose Host is `host` to the revisions of `split`, by percent. Replaces a
+    /// plain route of the same host.
+    pub fn set_split(&self, host: &str, split: TrafficSplit) {
+        let host = host.to_ascii_lowercase();
+        self.modify(|s| {
+            s.routes.remove(&host);
+            s.splits.insert(host, Arc::new(split));
         });
     }
 
@@ -231,13 +247,17 @@ impl Catalog {
         let host = host.to_ascii_lowercase();
         self.modify(|s| {
             s.routes.remove(&host);
+            s.splits.remove(&host);
         });
     }
 
     /// Replaces everything at once (the file source re-reading its file).
     pub fn replace(&self, mut snapshot: Snapshot) {
         self.tx.send_if_modified(|cur| {
-            if cur.revisions == snapshot.revisions && cur.routes == snapshot.routes {
+            if cur.revisions == snapshot.revisions
+                && cur.routes == snapshot.routes
+                && cur.splits == snapshot.splits
+            {
                 false
             } else {
                 snapshot.version = cur.version + 1;

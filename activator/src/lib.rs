@@ -8,6 +8,7 @@
 //! - [`manager`]: one throttler and one prober per revision.
 //! - [`throttler`]: per-revision capacity, bounded wait queue, pod assignment.
 //! - [`lb`]: load-balancing picks.
+//! - [`split`]: traffic splits by percent (one host, several revisions).
 //! - [`probe`]: pod readiness probing.
 //! - [`reporter`]: concurrency reporter and stats sinks (autoscaler websocket, channel).
 //! - [`proxy`]: the activator's rewriting for the hop to a pod.
@@ -37,6 +38,7 @@ pub mod proxy;
 pub mod reporter;
 pub mod simulate;
 pub mod source;
+pub mod split;
 pub mod stack;
 pub mod throttler;
 pub mod timeout;
@@ -102,6 +104,23 @@ pub async fn run(
     stats_sink: StatsSink,
     shutdown: Shutdown,
 ) -> Result<(), RunError> {
+    run_observed(config, listeners, catalog, stats_sink, shutdown, None).await
+}
+
+/// The throttlers by revision, as the request path sees them.
+pub(crate) type Throttlers =
+    Arc<dashmap::DashMap<catalog::RevisionKey, Arc<throttler::RevisionThrottler>>>;
+
+/// [`run`], handing the throttlers to `observe` once they exist (`activator local` reads the
+/// held-request counts from them for its status).
+pub(crate) async fn run_observed(
+    config: Config,
+    listeners: Listeners,
+    catalog: Catalog,
+    stats_sink: StatsSink,
+    shutdown: Shutdown,
+    observe: Option<tokio::sync::oneshot::Sender<Throttlers>>,
+) -> Result<(), RunError> {
     let background = CancellationToken::new();
     let _stop_background = background.clone().drop_guard();
     if let Some(SourceSpec::File(path)) = &config.source {
@@ -135,6 +154,9 @@ pub async fn run(
     // The first snapshot is applied before listening, so known revisions never 404.
     manager.apply(&rx.borrow().clone());
     let throttlers = Arc::clone(&manager.throttlers);
+    if let Some(tx) = observe {
+        let _ = tx.send(Arc::clone(&throttlers));
+    }
     let applied = manager.applied();
     tokio::spawn(manager.run(rx));
 

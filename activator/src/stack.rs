@@ -164,6 +164,30 @@ pub fn resolve_key<B>(
     RevisionKey::new(ns, name)
 }
 
+/// [`resolve_key`], with the snapshot's traffic splits consulted (after the routing headers)
+/// before its plain host routes. A split picks the next revision in its weighted rotation.
+pub fn resolve_in_snapshot<B>(
+    req: &Request<B>,
+    cluster_domain: &str,
+    snap: &crate::catalog::Snapshot,
+) -> RevisionKey {
+    if !snap.splits.is_empty()
+        && headers::first(req.headers(), &KNATIVE_SERVING_REVISION).is_none_or(str::is_empty)
+    {
+        let host = headers::first(req.headers(), &http::header::HOST)
+            .or_else(|| req.uri().host())
+            .unwrap_or("");
+        let bare = match host.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        };
+        if let Some(s) = snap.splits.get(&bare.to_ascii_lowercase()) {
+            return s.pick().clone();
+        }
+    }
+    resolve_key(req, cluster_domain, &snap.routes)
+}
+
 fn head_bytes<B>(req: &Request<B>) -> usize {
     let h: usize = req
         .headers()
@@ -279,7 +303,7 @@ fn resolve_layer(
                     // Short synchronous read of the current snapshot; never held across an await.
                     let snap = h.catalog.borrow();
                     (
-                        resolve_key(&req, &h.cluster_domain, &snap.routes),
+                        resolve_in_snapshot(&req, &h.cluster_domain, &snap),
                         snap.version,
                     )
                 };
@@ -536,6 +560,39 @@ mod tests {
             .unwrap();
         assert_eq!(
             resolve_key(&r, "cluster.local", &routes),
+            RevisionKey::new("ns", "rev")
+        );
+    }
+
+    #[test]
+    fn splits_pick_by_weight_and_headers_still_win() {
+        let c = crate::catalog::Catalog::new();
+        let (a, b) = (
+            RevisionKey::new("default", "hello-1"),
+            RevisionKey::new("default", "hello-2"),
+        );
+        c.set_split(
+            "hello.default.example.com",
+            crate::split::TrafficSplit::new(vec![(a.clone(), 75), (b.clone(), 25)]).unwrap(),
+        );
+        let snap = c.snapshot();
+        let r = Request::builder()
+            .header("host", "HELLO.default.example.com:80")
+            .body(())
+            .unwrap();
+        let picks: Vec<RevisionKey> = (0..4)
+            .map(|_| resolve_in_snapshot(&r, "cluster.local", &snap))
+            .collect();
+        assert_eq!(picks.iter().filter(|k| **k == a).count(), 3);
+        assert_eq!(picks.iter().filter(|k| **k == b).count(), 1);
+        let r = Request::builder()
+            .header("host", "hello.default.example.com")
+            .header("knative-serving-namespace", "ns")
+            .header("knative-serving-revision", "rev")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            resolve_in_snapshot(&r, "cluster.local", &snap),
             RevisionKey::new("ns", "rev")
         );
     }

@@ -1,0 +1,329 @@
+//! Pods as local processes: a `queue-proxy` configured through Knative's env vars, plus the
+//! container's command.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+use super::manifest::{RevisionPlan, queue_proxy_probe};
+use crate::catalog::RevisionKey;
+
+/// How long a new pod's app may take to accept connections before the start-up time is no
+/// longer measured (the pod still becomes ready whenever its queue-proxy says so).
+const LISTEN_WATCH: Duration = Duration::from_secs(60);
+
+/// What a revision's pods run.
+#[derive(Debug)]
+pub struct PodTemplate {
+    /// The revision.
+    pub key: RevisionKey,
+    /// The Service (for `K_SERVICE`, `SERVING_SERVICE`).
+    pub service: String,
+    /// The resolved program.
+    pub program: PathBuf,
+    /// The plan (args, env, timeouts, probe).
+    pub plan: RevisionPlan,
+    /// The `queue-proxy` binary.
+    pub queue_proxy: PathBuf,
+}
+
+/// One running pod.
+#[derive(Debug)]
+pub struct Pod {
+    /// `<revision>-deployment-<n>`.
+    pub name: String,
+    /// Queue-proxy serving port (the pod's address for the activator).
+    pub qp_port: u16,
+    /// Queue-proxy autoscaler `Stat` port.
+    pub metrics_port: u16,
+    /// The app's `PORT`.
+    pub user_port: u16,
+    /// The queue-proxy answered its readiness probe.
+    pub ready: bool,
+    /// When the processes were spawned.
+    pub spawned: Instant,
+    /// Spawn → the app accepting connections (set once, by a watcher task).
+    pub listening_after: Arc<OnceLock<Duration>>,
+    /// Spawn → the queue-proxy accepting connections (set once, by a watcher task).
+    pub qp_listening_after: Arc<OnceLock<Duration>>,
+    /// Spawn → the queue-proxy reporting the pod ready (set once, by a watcher task).
+    pub ready_after: Arc<OnceLock<Duration>>,
+    /// The queue-proxy process.
+    pub qp: Child,
+    /// The app process.
+    pub app: Child,
+}
+
+impl Pod {
+    /// The `ip:port` the activator sends requests to.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.qp_port)
+    }
+
+    /// Whether either process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.app.try_wait(), Ok(Some(_)) | Err(_))
+            || matches!(self.qp.try_wait(), Ok(Some(_)) | Err(_))
+    }
+
+    /// Asks the queue-proxy whether the pod is ready (`K-Network-Probe: queue`).
+    pub async fn probe(&self) -> bool {
+        probe_queue(self.qp_port).await
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or(0, |d| d.as_secs()).to_string()
+}
+
+/// Prefixes each line of the child's stdout/stderr with `prefix` and passes it on.
+fn pipe_lines(prefix: String, child: &mut Child) {
+    if let Some(out) = child.stdout.take() {
+        let p = prefix.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                println!("[{p}] {l}");
+            }
+        });
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(err).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                eprintln!("[{prefix}] {l}");
+            }
+        });
+    }
+}
+
+/// Starts pod number `n` of a revision.
+///
+/// # Errors
+/// When a port cannot be allocated or a process cannot be spawned.
+pub fn start(t: &PodTemplate, n: u64) -> std::io::Result<Pod> {
+    let name = format!("{}-deployment-{n}", t.key.name);
+    // Every pod shares the host's network, so each gets its own free port rather than the
+    // declared `containerPort` (documented deviation; the app still reads it from `PORT`).
+    let (qp_port, user_port) = (free_port()?, free_port()?);
+    let (admin, metrics, user_metrics) = (free_port()?, free_port()?, free_port()?);
+    let spawned = Instant::now();
+    let mut app = Command::new(&t.program);
+    app.args(&t.plan.args)
+        .envs(t.plan.env.iter().map(|(k, v)| (k, v)))
+        .env("PORT", user_port.to_string())
+        .env("K_SERVICE", &t.service)
+        .env("K_REVISION", &t.key.name)
+        .env("K_CONFIGURATION", &t.service)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut app = app
+        .spawn()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", t.program.display())))?;
+    pipe_lines(name.clone(), &mut app);
+    let probe = queue_proxy_probe(t.plan.readiness_probe.as_ref(), user_port).to_string();
+    let mut qp = Command::new(&t.queue_proxy);
+    qp.env("SERVING_NAMESPACE", &t.key.namespace)
+        .env("SERVING_CONFIGURATION", &t.service)
+        .env("SERVING_REVISION", &t.key.name)
+        .env("SERVING_SERVICE", &t.service)
+        .env("SERVING_POD", &name)
+        .env("SERVING_POD_IP", "127.0.0.1")
+        .env("QUEUE_SERVING_PORT", qp_port.to_string())
+        .env("QUEUE_SERVING_TLS_PORT", free_port()?.to_string())
+        .env("USER_PORT", user_port.to_string())
+        .env(
+            "CONTAINER_CONCURRENCY",
+            t.plan.container_concurrency.to_string(),
+        )
+        .env(
+            "REVISION_TIMEOUT_SECONDS",
+            t.plan.timeout.as_secs().to_string(),
+        )
+        .env(
+            "REVISION_RESPONSE_START_TIMEOUT_SECONDS",
+            secs(t.plan.response_start_timeout),
+        )
+        .env("REVISION_IDLE_TIMEOUT_SECONDS", secs(t.plan.idle_timeout))
+        .env("SERVING_READINESS_PROBE", probe)
+        .env(
+            "ENABLE_HTTP2_AUTO_DETECTION",
+            (t.plan.protocol == crate::catalog::Protocol::H2c).to_string(),
+        )
+        .env("SERVING_LOGGING_CONFIG", "")
+        .env("SERVING_LOGGING_LEVEL", "")
+        .env("QUEUE_ADMIN_PORT", admin.to_string())
+        .env("QUEUE_METRICS_PORT", metrics.to_string())
+        .env("QUEUE_USER_METRICS_PORT", user_metrics.to_string())
+        .env("QUEUE_DRAIN_SECONDS", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut qp = qp
+        .spawn()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", t.queue_proxy.display())))?;
+    pipe_lines(format!("{name}/queue-proxy"), &mut qp);
+    let listening_after = Arc::new(OnceLock::new());
+    tokio::spawn(watch_listening(
+        user_port,
+        spawned,
+        Arc::clone(&listening_after),
+    ));
+    let qp_listening_after = Arc::new(OnceLock::new());
+    tokio::spawn(watch_listening(
+        qp_port,
+        spawned,
+        Arc::clone(&qp_listening_after),
+    ));
+    let ready_after = Arc::new(OnceLock::new());
+    tokio::spawn(watch_ready(qp_port, spawned, Arc::clone(&ready_after)));
+    tracing::info!(revision = %t.key, pod = %name, "pod started");
+    Ok(Pod {
+        name,
+        qp_port,
+        metrics_port: metrics,
+        user_port,
+        ready: false,
+        spawned,
+        listening_after,
+        qp_listening_after,
+        ready_after,
+        qp,
+        app,
+    })
+}
+
+/// Measures the pod-start share of a cold start: connects to the app's port every millisecond
+/// (every 10 ms after the first second) until it accepts. The poll costs little next to a
+/// process start and bounds the error to the interval.
+async fn watch_listening(port: u16, spawned: Instant, out: Arc<OnceLock<Duration>>) {
+    while spawned.elapsed() < LISTEN_WATCH {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            let _ = out.set(spawned.elapsed());
+            return;
+        }
+        tokio::time::sleep(poll_interval(spawned)).await;
+    }
+}
+
+/// Spawned → the queue-proxy answering its readiness probe with 200, polled like
+/// [`watch_listening`]: the gap after the app listens is the queue-proxy's probing (ours).
+async fn watch_ready(port: u16, spawned: Instant, out: Arc<OnceLock<Duration>>) {
+    while spawned.elapsed() < LISTEN_WATCH {
+        if probe_queue(port).await {
+            let _ = out.set(spawned.elapsed());
+            return;
+        }
+        tokio::time::sleep(poll_interval(spawned)).await;
+    }
+}
+
+fn poll_interval(spawned: Instant) -> Duration {
+    if spawned.elapsed() < Duration::from_secs(1) {
+        Duration::from_millis(1)
+    } else {
+        Duration::from_millis(10)
+    }
+}
+
+/// `K-Network-Probe: queue` to a queue-proxy, as the activator sends it: 200 once the user
+/// container passed the readiness probe, 503 before and while draining.
+async fn probe_queue(port: u16) -> bool {
+    let ask = async {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        s.write_all(
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nK-Network-Probe: queue\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .ok()?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.ok()?;
+        Some(&head[9..12] == b"200")
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), ask).await,
+        Ok(Some(true))
+    )
+}
+
+/// SIGTERM to the queue-proxy (it fails probes, drains, exits), bounded; then the app stops.
+pub async fn stop(mut pod: Pod) {
+    signal(&pod.qp, Signal::TERM);
+    if tokio::time::timeout(Duration::from_secs(10), pod.qp.wait())
+        .await
+        .is_err()
+    {
+        let _ = pod.qp.kill().await;
+    }
+    // Knative stops the user container with SIGTERM too, once the queue-proxy has drained.
+    signal(&pod.app, Signal::TERM);
+    if tokio::time::timeout(Duration::from_secs(2), pod.app.wait())
+        .await
+        .is_err()
+    {
+        let _ = pod.app.kill().await;
+    }
+    tracing::info!(pod = %pod.name, "pod stopped");
+}
+
+fn signal(child: &Child, sig: Signal) {
+    let pid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(pid) = pid {
+        // ESRCH (already gone) is fine: the caller waits for the exit either way.
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+}
+
+/// `GET /metrics` on a queue-proxy's autoscaler port, decoded.
+pub async fn scrape(port: u16) -> Option<autoscaler::Stat> {
+    let fetch = async {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let at = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&buf[..at]).to_ascii_lowercase();
+        if !head.starts_with("http/1.1 200") || head.contains("transfer-encoding: chunked") {
+            return None;
+        }
+        let s: shared::stats::Stat = prost::Message::decode(&buf[at + 4..]).ok()?;
+        Some(s)
+    };
+    let s = tokio::time::timeout(Duration::from_millis(500), fetch)
+        .await
+        .ok()??;
+    Some(convert(s))
+}
+
+/// The wire `Stat` as the autoscaler library's.
+pub fn convert(s: shared::stats::Stat) -> autoscaler::Stat {
+    autoscaler::Stat {
+        pod_name: s.pod_name,
+        average_concurrent_requests: s.average_concurrent_requests,
+        average_proxied_concurrent_requests: s.average_proxied_concurrent_requests,
+        request_count: s.request_count,
+        proxied_request_count: s.proxied_request_count,
+        process_uptime: s.process_uptime,
+        timestamp: s.timestamp,
+    }
+}

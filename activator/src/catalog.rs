@@ -1,7 +1,8 @@
 //! The revision catalog: what the control plane tells the activator.
 //!
 //! Three sources feed one [`Catalog`]: the file source (`--source file:PATH`, [`crate::source::file`]),
-//! a Kubernetes source (later; Revisions + private/public EndpointSlices) and the local source
+//! the Kubernetes source (`--source kubernetes`, [`crate::source::kube`]: Revisions, private and
+//! public EndpointSlices, private Services) and the local source
 //! (`activator local`, which calls [`Catalog::upsert_revision`], [`Catalog::set_endpoints`] and
 //! [`Catalog::remove_revision`] directly). Consumers (the throttler manager) subscribe to a
 //! `tokio::sync::watch` of immutable [`Snapshot`]s, so a source never blocks on the data path and
@@ -234,7 +235,8 @@ impl Catalog {
         });
     }
 
-    /// Replaces everything at once (the file source re-reading its file).
+    /// Replaces everything at once (the file source re-reading its file, the Kubernetes source
+    /// publishing its state).
     pub fn replace(&self, mut snapshot: Snapshot) {
         self.tx.send_if_modified(|cur| {
             if cur.revisions == snapshot.revisions && cur.routes == snapshot.routes {

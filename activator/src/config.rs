@@ -38,9 +38,11 @@ pub struct ServeArgs {
     /// Cluster domain for `<rev>.<ns>.svc.<domain>` hosts and the autoscaler address.
     #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
-    /// Control-plane source: `file:PATH` (JSON or YAML, re-read on change).
-    #[arg(long, env = "ACTIVATOR_SOURCE")]
-    pub source: Option<String>,
+    /// Control-plane source: `kubernetes` (alias `kube`; watch the API server with the pod's
+    /// service account, the default so Knative's own manifests work unchanged) or `file:PATH`
+    /// (JSON or YAML, re-read on change).
+    #[arg(long, env = "ACTIVATOR_SOURCE", default_value = "kubernetes")]
+    pub source: String,
     /// Where stats go: `autoscaler` (ws://autoscaler.<SYSTEM_NAMESPACE>.svc.<domain>:8080),
     /// a `ws://` URL, or `none`.
     #[arg(long, env = "ACTIVATOR_STATS_SINK", default_value = "autoscaler")]
@@ -73,6 +75,8 @@ pub struct ServeArgs {
 pub enum SourceSpec {
     /// `file:PATH`.
     File(PathBuf),
+    /// `kubernetes` / `kube`: Revisions, EndpointSlices and Services from the API server.
+    Kubernetes,
 }
 
 /// Where stats go.
@@ -221,16 +225,16 @@ impl TryFrom<ServeArgs> for Config {
 
     fn try_from(a: ServeArgs) -> Result<Self, ConfigError> {
         let system_namespace = required("SYSTEM_NAMESPACE", a.system_namespace)?;
-        let source = match a.source.as_deref() {
-            None | Some("") => {
-                return Err(bad(
-                    "--source",
-                    "required (file:PATH; the Kubernetes source is not built yet)",
-                ));
-            }
-            Some(s) => match s.split_once(':') {
+        let source = match a.source.trim() {
+            "kubernetes" | "kube" => Some(SourceSpec::Kubernetes),
+            s => match s.split_once(':') {
                 Some(("file", p)) if !p.is_empty() => Some(SourceSpec::File(PathBuf::from(p))),
-                _ => return Err(bad("--source", format!("{s:?}: expected file:PATH"))),
+                _ => {
+                    return Err(bad(
+                        "ACTIVATOR_SOURCE",
+                        format!("{s:?}: expected kubernetes or file:PATH"),
+                    ));
+                }
             },
         };
         let sink = match a.stats_sink.as_str() {
@@ -334,7 +338,7 @@ mod tests {
             probe_timeout: "300ms".into(),
             probe_frequency: "200ms".into(),
             cluster_domain: "cluster.local".into(),
-            source: Some("file:/x.yaml".into()),
+            source: "file:/x.yaml".into(),
             stats_sink: "autoscaler".into(),
             http1_addr: ([0, 0, 0, 0], 8012).into(),
             h2c_addr: ([0, 0, 0, 0], 8013).into(),
@@ -366,9 +370,23 @@ mod tests {
         let mut a = args();
         a.pod_ip = None;
         assert_eq!(Config::try_from(a).unwrap_err().name, "POD_IP");
-        let mut a = args();
-        a.source = Some("kube:".into());
-        assert_eq!(Config::try_from(a).unwrap_err().name, "--source");
+        for bad in ["kube:", "", "file:", "k8s"] {
+            let mut a = args();
+            a.source = bad.into();
+            assert_eq!(
+                Config::try_from(a).unwrap_err().name,
+                "ACTIVATOR_SOURCE",
+                "{bad:?}"
+            );
+        }
+        for good in ["kubernetes", "kube"] {
+            let mut a = args();
+            a.source = good.into();
+            assert_eq!(
+                Config::try_from(a).unwrap().source,
+                Some(SourceSpec::Kubernetes)
+            );
+        }
     }
 
     #[test]

@@ -604,3 +604,146 @@ async fn start_fails_naming_the_watch_that_cannot_list() {
     }
     stop.cancel();
 }
+
+// === the real binary, in-cluster style ===
+
+/// A queue-proxy stand-in: answers the activator's probe and requests.
+async fn fake_pod(stop: CancellationToken) -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let svc = tower::service_fn(|req: Request<Incoming>| async move {
+        let probe = req
+            .headers()
+            .get("k-network-probe")
+            .is_some_and(|v| v == "queue");
+        let body = if probe { "queue" } else { "hello from the pod" };
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+            body.as_bytes(),
+        ))))
+    });
+    tokio::spawn(shared::http::server::serve(
+        l,
+        svc,
+        shared::http::server::ServerOptions::default(),
+        stop,
+    ));
+    addr
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET /` for `ns/hello-00001` through the activator: (status, body), or `None` if it is not up.
+async fn get_revision(port: u16) -> Option<(StatusCode, String)> {
+    use hyper_util::client::legacy::Client;
+    let c: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::builder()
+        .uri(format!("http://127.0.0.1:{port}/"))
+        .header("knative-serving-namespace", "ns")
+        .header("knative-serving-revision", "hello-00001")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), c.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = r.status();
+    let body = r.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_revisions_from_the_api_server_by_default() {
+    let stop = CancellationToken::new();
+    let pod = fake_pod(stop.clone()).await;
+    let mut api = FakeApi::default();
+    api.add(
+        REVISIONS,
+        "",
+        "10",
+        vec![revision("hello-00001", "9", 1, "user-port")],
+    );
+    api.add(
+        SLICES,
+        PRIVATE_SLICES,
+        "10",
+        vec![slice(
+            "hello-00001-private-a1",
+            "9",
+            "hello-00001",
+            "Private",
+            ("http", i32::from(pod.port())),
+            &[("127.0.0.1", true, false)],
+        )],
+    );
+    api.add(SLICES, PUBLIC_SLICES, "10", vec![]);
+    api.add(SERVICES, PRIVATE_SERVICES, "10", vec![]);
+    let api = Arc::new(api);
+    let url = serve(Arc::clone(&api), stop.clone()).await;
+
+    let dir = std::env::temp_dir().join(format!("activator-kube-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+             current-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    // No --source: Knative's manifests set none, so the Kubernetes source is the default.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_activator"))
+        .env_clear()
+        .env("POD_NAME", "activator-0")
+        .env("POD_IP", "10.2.0.3")
+        .env("SYSTEM_NAMESPACE", "knative-serving")
+        .env("KUBECONFIG", &kubeconfig)
+        .args(["--stats-sink", "none", "--metrics-addr", "none"])
+        .args(["--http1-addr", &format!("127.0.0.1:{port}")])
+        .args(["--h2c-addr", &format!("127.0.0.1:{}", free_port())])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let served = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(r) = get_revision(port).await {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("activator answers");
+    assert_eq!(served, (StatusCode::OK, "hello from the pod".to_owned()));
+
+    // The binary follows the watch: a deleted Revision is 404 for new requests.
+    api.send(
+        REVISIONS,
+        "",
+        event("DELETED", revision("hello-00001", "11", 1, "user-port")),
+    )
+    .await;
+    let gone = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some((StatusCode::NOT_FOUND, _)) = get_revision(port).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "revision still served after DELETED");
+    child.kill().await.unwrap();
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -139,19 +139,19 @@ impl KubeSource {
             catalog,
             last_error: None,
         };
-        let synced = tokio::time::timeout(sync_timeout, async {
-            while !Kind::ALL.iter().all(|k| me.state.synced(*k)) {
-                match me.updates.next().await {
-                    Some(u) => {
-                        me.handle(u);
-                    }
-                    None => return,
-                }
+        let all_synced = |st: &State| Kind::ALL.iter().all(|k| st.synced(*k));
+        // On timeout the state itself says which watch is missing, so the result is not needed.
+        let _timed_out = tokio::time::timeout(sync_timeout, async {
+            while !all_synced(&me.state) {
+                // The watcher streams never end (errors are retried with backoff).
+                let Some(u) = me.updates.next().await else {
+                    return;
+                };
+                me.handle(u);
             }
         })
         .await;
         if let Some(kind) = Kind::ALL.into_iter().find(|k| !me.state.synced(*k)) {
-            let _ = synced;
             return Err(KubeSourceError::Sync {
                 kind,
                 waited: sync_timeout,

@@ -115,6 +115,9 @@ pub async fn run(
         }
         Some(SourceSpec::Kubernetes) => {
             let client = source::kube::infer_client().await?;
+            source::kube::network::load(client.clone(), &config.system_namespace)
+                .await?
+                .check()?;
             let src = source::kube::KubeSource::start(
                 client,
                 catalog.clone(),

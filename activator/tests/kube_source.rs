@@ -52,10 +52,21 @@ type Seen = (String, String, bool, String);
 #[derive(Default)]
 struct FakeApi {
     resources: HashMap<(String, String), Resource>,
+    /// Single objects served to a plain GET of their path.
+    objects: HashMap<String, Value>,
     seen: Mutex<Vec<Seen>>,
 }
 
 impl FakeApi {
+    fn add_config_network(&mut self, data: Value) {
+        self.objects.insert(
+            "/api/v1/namespaces/knative-serving/configmaps/config-network".into(),
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"namespace": "knative-serving", "name": "config-network", "resourceVersion": "1"},
+                "data": data}),
+        );
+    }
+
     fn add(&mut self, path: &str, selector: &str, rv: &str, items: Vec<Value>) {
         let (watch_tx, rx) = mpsc::channel(64);
         self.resources.insert(
@@ -158,6 +169,9 @@ async fn handle(api: Arc<FakeApi>, req: Request<Incoming>) -> Result<Response<Bo
         .lock()
         .unwrap()
         .push((path.clone(), selector.clone(), watch, rv));
+    if let Some(obj) = api.objects.get(&path) {
+        return Ok(full(StatusCode::OK, obj));
+    }
     let Some(res) = api.resources.get(&(path, selector)) else {
         return Ok(full(
             StatusCode::NOT_FOUND,
@@ -607,6 +621,23 @@ async fn start_fails_naming_the_watch_that_cannot_list() {
 
 // === the real binary, in-cluster style ===
 
+/// A kubeconfig pointing at the fake API server, in a fresh temp dir (returned for cleanup).
+fn kubeconfig(test: &str, url: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("activator-kube-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+             current-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+        ),
+    )
+    .unwrap();
+    (dir, path)
+}
+
 /// A queue-proxy stand-in: answers the activator's probe and requests.
 async fn fake_pod(stop: CancellationToken) -> std::net::SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -683,21 +714,11 @@ async fn the_binary_serves_revisions_from_the_api_server_by_default() {
     );
     api.add(SLICES, PUBLIC_SLICES, "10", vec![]);
     api.add(SERVICES, PRIVATE_SERVICES, "10", vec![]);
+    api.add_config_network(json!({"mesh-compatibility-mode": "auto"}));
     let api = Arc::new(api);
     let url = serve(Arc::clone(&api), stop.clone()).await;
 
-    let dir = std::env::temp_dir().join(format!("activator-kube-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\n\
-             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
-             current-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
-        ),
-    )
-    .unwrap();
+    let (dir, kubeconfig) = kubeconfig("serves", &url);
     let port = free_port();
     // No --source: Knative's manifests set none, so the Kubernetes source is the default.
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_activator"))
@@ -744,6 +765,38 @@ async fn the_binary_serves_revisions_from_the_api_server_by_default() {
     .await;
     assert!(gone.is_ok(), "revision still served after DELETED");
     child.kill().await.unwrap();
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_refuses_system_internal_tls() {
+    let stop = CancellationToken::new();
+    let mut api = FakeApi::default();
+    api.add_config_network(json!({"system-internal-tls": "enabled"}));
+    let url = serve(Arc::new(api), stop.clone()).await;
+    let (dir, kubeconfig) = kubeconfig("tls", &url);
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_activator"))
+        .env_clear()
+        .env("POD_NAME", "activator-0")
+        .env("POD_IP", "10.2.0.3")
+        .env("SYSTEM_NAMESPACE", "knative-serving")
+        .env("KUBECONFIG", &kubeconfig)
+        .args(["--stats-sink", "none", "--metrics-addr", "none"])
+        .args(["--http1-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--h2c-addr", &format!("127.0.0.1:{}", free_port())])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .expect("exits by itself")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let logs = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains("system-internal-tls"), "{logs}");
     stop.cancel();
     let _ = std::fs::remove_dir_all(&dir);
 }

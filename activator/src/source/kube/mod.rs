@@ -16,6 +16,7 @@
 //! Gone` (it re-lists and reports `Init`/`InitApply`/`InitDone`, which the state applies
 //! atomically, dropping objects deleted while the watch was down).
 
+pub mod network;
 pub mod revision;
 pub mod state;
 
@@ -49,6 +50,12 @@ pub enum KubeSourceError {
     /// No cluster configuration (in-cluster service account or kubeconfig) was usable.
     #[error("kubernetes client: {0}")]
     Client(#[source] kube::Error),
+    /// `config-network` could not be read (Knative treats this as fatal too).
+    #[error("reading config-network in namespace {0}: {1}")]
+    ConfigNetwork(String, #[source] kube::Error),
+    /// `config-network` asks for something this activator does not implement.
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// A watch did not complete its first list in time.
     #[error(
         "kubernetes source: no complete list of {kind:?} within {waited:?} (last error: {last_error})"

@@ -49,8 +49,17 @@ pub struct RevisionSpecFields {
     #[serde(default)]
     pub idle_timeout_seconds: Option<i64>,
     /// The pod's containers.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub containers: Vec<Container>,
+}
+
+/// Go encodes a nil slice as `null`; treat it like an absent field.
+fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// A container, reduced to ports and probe hints.
@@ -61,7 +70,7 @@ pub struct Container {
     #[serde(default)]
     pub name: String,
     /// Ports; only the first port's name matters (`h2c`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub ports: Vec<ContainerPort>,
     /// Readiness probe; only whether it is an `exec` probe matters.
     #[serde(default)]
@@ -207,6 +216,14 @@ mod tests {
         let s = parse(r#"{"metadata":{"name":"r","namespace":"n"},"spec":{"containers":[{}]}}"#)
             .to_spec();
         assert_eq!(s, RevisionSpec::default());
+        // Go's nil slices arrive as null.
+        let s =
+            parse(r#"{"spec":{"containers":[{"ports":null}],"timeoutSeconds":null}}"#).to_spec();
+        assert_eq!(s, RevisionSpec::default());
+        assert_eq!(
+            parse(r#"{"spec":{"containers":null}}"#).to_spec(),
+            RevisionSpec::default()
+        );
     }
 
     #[test]

@@ -263,3 +263,18 @@ fn unlabelled_or_relabelled_objects() {
     s.on_private_slice(Event::Apply(unlabelled));
     assert!(s.entries()[&key("b")].endpoints.ready.is_empty());
 }
+
+#[test]
+fn null_endpoints_and_ports_from_go_nil_slices() {
+    let mut s = synced();
+    s.on_revision(Event::Apply(rev("r", "http1")));
+    let empty: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"namespace": "ns", "name": "r-a", "resourceVersion": "1",
+            "labels": {REVISION_LABEL: "r"}},
+        "addressType": "IPv4", "endpoints": null, "ports": null
+    }))
+    .expect("null lists parse");
+    s.on_private_slice(Event::Apply(empty));
+    let e = &s.entries()[&key("r")];
+    assert!(e.endpoints.ready.is_empty() && e.endpoints.not_ready.is_empty());
+}

@@ -1,7 +1,8 @@
 //! The revision catalog: what the control plane tells the activator.
 //!
 //! Three sources feed one [`Catalog`]: the file source (`--source file:PATH`, [`crate::source::file`]),
-//! a Kubernetes source (later; Revisions + private/public EndpointSlices) and the local source
+//! the Kubernetes source (`--source kubernetes`, [`crate::source::kube`]: Revisions, private and
+//! public EndpointSlices, private Services) and the local source
 //! (`activator local`, which calls [`Catalog::upsert_revision`], [`Catalog::set_endpoints`] and
 //! [`Catalog::remove_revision`] directly). Consumers (the throttler manager) subscribe to a
 //! `tokio::sync::watch` of immutable [`Snapshot`]s, so a source never blocks on the data path and
@@ -248,6 +249,21 @@ impl Catalog {
         self.modify(|s| {
             s.routes.remove(&host);
             s.splits.remove(&host);
+        });
+    }
+
+    /// Replaces all revisions (a source that owns them, like the Kubernetes watchers), keeping
+    /// host routes and splits; a no-op when nothing changed.
+    pub fn replace_revisions(&self, revisions: BTreeMap<RevisionKey, Arc<RevisionEntry>>) {
+        self.tx.send_if_modified(|cur| {
+            if cur.revisions == revisions {
+                return false;
+            }
+            let mut next = (**cur).clone();
+            next.revisions = revisions;
+            next.version = cur.version + 1;
+            *cur = Arc::new(next);
+            true
         });
     }
 

@@ -35,12 +35,16 @@ pub struct ServeArgs {
     /// Slow re-probe tick (Go duration).
     #[arg(long, env = "PROBE_FREQUENCY", default_value = "200ms")]
     pub probe_frequency: String,
-    /// Cluster domain for `<rev>.<ns>.svc.<domain>` hosts and the autoscaler address.
-    #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
-    pub cluster_domain: String,
-    /// Control-plane source: `file:PATH` (JSON or YAML, re-read on change).
-    #[arg(long, env = "ACTIVATOR_SOURCE")]
-    pub source: Option<String>,
+    /// Cluster domain for `<rev>.<ns>.svc.<domain>` hosts and the autoscaler address. Unset:
+    /// the `search svc.<domain>` entry of /etc/resolv.conf, else `cluster.local` (Knative's
+    /// `network.GetClusterDomainName`).
+    #[arg(long, env = "CLUSTER_DOMAIN")]
+    pub cluster_domain: Option<String>,
+    /// Control-plane source: `kubernetes` (alias `kube`; watch the API server with the pod's
+    /// service account, the default so Knative's own manifests work unchanged) or `file:PATH`
+    /// (JSON or YAML, re-read on change).
+    #[arg(long, env = "ACTIVATOR_SOURCE", default_value = "kubernetes")]
+    pub source: String,
     /// Where stats go: `autoscaler` (ws://autoscaler.<SYSTEM_NAMESPACE>.svc.<domain>:8080),
     /// a `ws://` URL, or `none`.
     #[arg(long, env = "ACTIVATOR_STATS_SINK", default_value = "autoscaler")]
@@ -73,6 +77,8 @@ pub struct ServeArgs {
 pub enum SourceSpec {
     /// `file:PATH`.
     File(PathBuf),
+    /// `kubernetes` / `kube`: Revisions, EndpointSlices and Services from the API server.
+    Kubernetes,
 }
 
 /// Where stats go.
@@ -211,6 +217,36 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(total).ok()
 }
 
+/// Where the pod's resolver configuration lives.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// Knative's default cluster domain.
+const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// The cluster domain from resolv.conf text: the first `search` entry starting with `svc.`, minus
+/// that prefix and any trailing dot (`search ns.svc.cluster.local svc.cluster.local` gives
+/// `cluster.local`). Mirrors knative.dev/pkg `network.getClusterDomainName`.
+pub fn cluster_domain_from_resolv(text: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("search"))
+        .filter(|rest| rest.starts_with([' ', '\t']))
+        .flat_map(str::split_whitespace)
+        .find_map(|e| e.strip_prefix("svc."))
+        .map(|d| d.trim_end_matches('.').to_owned())
+        .filter(|d| !d.is_empty())
+}
+
+fn cluster_domain(env: Option<String>) -> String {
+    env.filter(|d| !d.trim().is_empty())
+        .map(|d| d.trim().to_owned())
+        .or_else(|| {
+            std::fs::read_to_string(RESOLV_CONF)
+                .ok()
+                .and_then(|t| cluster_domain_from_resolv(&t))
+        })
+        .unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.to_owned())
+}
+
 fn required(name: &'static str, v: Option<String>) -> Result<String, ConfigError> {
     v.filter(|s| !s.is_empty())
         .ok_or_else(|| bad(name, "required"))
@@ -221,23 +257,23 @@ impl TryFrom<ServeArgs> for Config {
 
     fn try_from(a: ServeArgs) -> Result<Self, ConfigError> {
         let system_namespace = required("SYSTEM_NAMESPACE", a.system_namespace)?;
-        let source = match a.source.as_deref() {
-            None | Some("") => {
-                return Err(bad(
-                    "--source",
-                    "required (file:PATH; the Kubernetes source is not built yet)",
-                ));
-            }
-            Some(s) => match s.split_once(':') {
+        let cluster_domain = cluster_domain(a.cluster_domain);
+        let source = match a.source.trim() {
+            "kubernetes" | "kube" => Some(SourceSpec::Kubernetes),
+            s => match s.split_once(':') {
                 Some(("file", p)) if !p.is_empty() => Some(SourceSpec::File(PathBuf::from(p))),
-                _ => return Err(bad("--source", format!("{s:?}: expected file:PATH"))),
+                _ => {
+                    return Err(bad(
+                        "ACTIVATOR_SOURCE",
+                        format!("{s:?}: expected kubernetes or file:PATH"),
+                    ));
+                }
             },
         };
         let sink = match a.stats_sink.as_str() {
             "none" => SinkSpec::None,
             "autoscaler" => SinkSpec::Websocket(format!(
-                "ws://autoscaler.{system_namespace}.svc.{}:8080",
-                a.cluster_domain
+                "ws://autoscaler.{system_namespace}.svc.{cluster_domain}:8080"
             )),
             u if u.starts_with("ws://") || u.starts_with("wss://") => {
                 SinkSpec::Websocket(u.to_owned())
@@ -274,7 +310,7 @@ impl TryFrom<ServeArgs> for Config {
             max_idle_per_host: a.max_idle_proxy_conns_per_host,
             probe_timeout,
             probe_frequency,
-            cluster_domain: a.cluster_domain,
+            cluster_domain,
             source,
             sink,
             http1_addr: a.http1_addr,
@@ -333,8 +369,8 @@ mod tests {
             max_idle_proxy_conns_per_host: 100,
             probe_timeout: "300ms".into(),
             probe_frequency: "200ms".into(),
-            cluster_domain: "cluster.local".into(),
-            source: Some("file:/x.yaml".into()),
+            cluster_domain: Some("cluster.local".into()),
+            source: "file:/x.yaml".into(),
             stats_sink: "autoscaler".into(),
             http1_addr: ([0, 0, 0, 0], 8012).into(),
             h2c_addr: ([0, 0, 0, 0], 8013).into(),
@@ -366,9 +402,52 @@ mod tests {
         let mut a = args();
         a.pod_ip = None;
         assert_eq!(Config::try_from(a).unwrap_err().name, "POD_IP");
+        for bad in ["kube:", "", "file:", "k8s"] {
+            let mut a = args();
+            a.source = bad.into();
+            assert_eq!(
+                Config::try_from(a).unwrap_err().name,
+                "ACTIVATOR_SOURCE",
+                "{bad:?}"
+            );
+        }
+        for good in ["kubernetes", "kube"] {
+            let mut a = args();
+            a.source = good.into();
+            assert_eq!(
+                Config::try_from(a).unwrap().source,
+                Some(SourceSpec::Kubernetes)
+            );
+        }
+    }
+
+    #[test]
+    fn cluster_domain_from_resolv_conf() {
+        let k8s = "nameserver 10.96.0.10\nsearch default.svc.corp.example svc.corp.example corp.example\noptions ndots:5\n";
+        assert_eq!(
+            cluster_domain_from_resolv(k8s).as_deref(),
+            Some("corp.example")
+        );
+        assert_eq!(
+            cluster_domain_from_resolv("search\tsvc.cluster.local.\n").as_deref(),
+            Some("cluster.local")
+        );
+        for none in [
+            "",
+            "nameserver 1.1.1.1\n",
+            "search example.com\n",
+            "searchsvc.x\n",
+        ] {
+            assert_eq!(cluster_domain_from_resolv(none), None, "{none:?}");
+        }
+        // CLUSTER_DOMAIN wins over resolv.conf.
         let mut a = args();
-        a.source = Some("kube:".into());
-        assert_eq!(Config::try_from(a).unwrap_err().name, "--source");
+        a.cluster_domain = Some("corp.example".into());
+        let c = Config::try_from(a).unwrap();
+        assert_eq!(
+            c.sink,
+            SinkSpec::Websocket("ws://autoscaler.knative-serving.svc.corp.example:8080".into())
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! - [`cli`]: the command line and subcommand dispatch.
 //! - [`config`]: activator settings (Knative env vars) and the activator's `main`.
 //! - [`catalog`]: the revision catalog every control-plane source feeds.
-//! - [`source`]: control-plane sources (`file:PATH`).
+//! - [`source`]: control-plane sources (`kubernetes`, `file:PATH`).
 //! - [`manager`]: one throttler and one prober per revision.
 //! - [`throttler`]: per-revision capacity, bounded wait queue, pod assignment.
 //! - [`lb`]: load-balancing picks.
@@ -90,13 +90,18 @@ pub enum RunError {
     /// The file source could not be loaded.
     #[error(transparent)]
     Source(#[from] source::file::FileSourceError),
+    /// The Kubernetes source could not start.
+    #[error(transparent)]
+    Kube(#[from] source::kube::KubeSourceError),
 }
 
-/// Runs the activator until `shutdown` (see [`Shutdown`]). With `config.source` set to a file,
-/// the file is loaded into `catalog` and followed; otherwise the caller feeds `catalog`.
+/// Runs the activator until `shutdown` (see [`Shutdown`]). With `config.source` set, the file or
+/// the Kubernetes API is loaded into `catalog` before listening and followed; with `None` the
+/// caller feeds `catalog`.
 ///
 /// # Errors
-/// [`RunError`] when startup fails (the file source cannot be read).
+/// [`RunError`] when startup fails (the file source cannot be read, the Kubernetes source has
+/// no client configuration or does not sync).
 pub async fn run(
     config: Config,
     listeners: Listeners,
@@ -123,9 +128,25 @@ pub(crate) async fn run_observed(
 ) -> Result<(), RunError> {
     let background = CancellationToken::new();
     let _stop_background = background.clone().drop_guard();
-    if let Some(SourceSpec::File(path)) = &config.source {
-        let src = source::file::FileSource::start(path.clone(), catalog.clone())?;
-        tokio::spawn(src.run(background.clone()));
+    match &config.source {
+        Some(SourceSpec::File(path)) => {
+            let src = source::file::FileSource::start(path.clone(), catalog.clone())?;
+            tokio::spawn(src.run(background.clone()));
+        }
+        Some(SourceSpec::Kubernetes) => {
+            let client = source::kube::infer_client().await?;
+            source::kube::network::load(client.clone(), &config.system_namespace)
+                .await?
+                .check()?;
+            let src = source::kube::KubeSource::start(
+                client,
+                catalog.clone(),
+                source::kube::SYNC_TIMEOUT,
+            )
+            .await?;
+            tokio::spawn(src.run(background.clone()));
+        }
+        None => {}
     }
     let mut registry = Registry::default();
     let conn = match &stats_sink {

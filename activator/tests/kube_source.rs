@@ -1,0 +1,802 @@
+//! The Kubernetes source against kube-rs's real client, over a fake API server on 127.0.0.1
+//! that serves list and watch JSON for Revisions, EndpointSlices and Services: a watch that ends
+//! and restarts, a BOOKMARK, a `410 Gone` ERROR that forces a re-list, and DELETED events.
+#![allow(clippy::unwrap_used)] // test helpers
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use activator::catalog::{Catalog, Protocol, RevisionEntry, RevisionKey, Snapshot};
+use activator::source::kube::{
+    KubeSource, KubeSourceError, PRIVATE_SERVICES, PRIVATE_SLICES, PUBLIC_SLICES,
+};
+use bytes::Bytes;
+use futures_util::stream;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Generous: the watcher's backoff after an error is 0.8 s plus jitter, and CI is busy.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+const REVISIONS: &str = "/apis/serving.knative.dev/v1/revisions";
+const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
+const SERVICES: &str = "/api/v1/services";
+
+/// What the fake sends on a watch stream.
+enum Msg {
+    /// One watch event line.
+    Event(Value),
+    /// Close the stream (the API server ending a watch).
+    End,
+}
+
+/// One list/watch endpoint: a path plus a label selector.
+struct Resource {
+    list: Mutex<(String, Vec<Value>)>,
+    watch_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Msg>>>,
+    watch_tx: mpsc::Sender<Msg>,
+}
+
+/// A request the fake saw: (path, selector, watch?, resourceVersion).
+type Seen = (String, String, bool, String);
+
+#[derive(Default)]
+struct FakeApi {
+    resources: HashMap<(String, String), Resource>,
+    /// Single objects served to a plain GET of their path.
+    objects: HashMap<String, Value>,
+    seen: Mutex<Vec<Seen>>,
+}
+
+impl FakeApi {
+    fn add_config_network(&mut self, data: Value) {
+        self.objects.insert(
+            "/api/v1/namespaces/knative-serving/configmaps/config-network".into(),
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"namespace": "knative-serving", "name": "config-network", "resourceVersion": "1"},
+                "data": data}),
+        );
+    }
+
+    fn add(&mut self, path: &str, selector: &str, rv: &str, items: Vec<Value>) {
+        let (watch_tx, rx) = mpsc::channel(64);
+        self.resources.insert(
+            (path.into(), selector.into()),
+            Resource {
+                list: Mutex::new((rv.into(), items)),
+                watch_rx: Arc::new(tokio::sync::Mutex::new(rx)),
+                watch_tx,
+            },
+        );
+    }
+
+    fn res(&self, path: &str, selector: &str) -> &Resource {
+        &self.resources[&(path.to_owned(), selector.to_owned())]
+    }
+
+    async fn send(&self, path: &str, selector: &str, msg: Msg) {
+        self.res(path, selector)
+            .watch_tx
+            .send(msg)
+            .await
+            .expect("fake server alive");
+    }
+
+    fn set_list(&self, path: &str, selector: &str, rv: &str, items: Vec<Value>) {
+        *self.res(path, selector).list.lock().unwrap() = (rv.into(), items);
+    }
+
+    fn seen(&self, path: &str, selector: &str) -> Vec<(bool, String)> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.0 == path && s.1 == selector)
+            .map(|s| (s.2, s.3.clone()))
+            .collect()
+    }
+
+    fn lists(&self, path: &str, selector: &str) -> usize {
+        self.seen(path, selector).iter().filter(|s| !s.0).count()
+    }
+
+    fn watch_versions(&self, path: &str, selector: &str) -> Vec<String> {
+        self.seen(path, selector)
+            .into_iter()
+            .filter(|s| s.0)
+            .map(|s| s.1)
+            .collect()
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).expect("ascii");
+                out.push(u8::from_str_radix(hex, 16).expect("hex escape"));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).expect("utf-8")
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().expect("static"));
+    r
+}
+
+async fn handle(api: Arc<FakeApi>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let params: HashMap<String, String> = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), percent_decode(v)))
+        .collect();
+    let selector = params.get("labelSelector").cloned().unwrap_or_default();
+    let watch = params.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let rv = params.get("resourceVersion").cloned().unwrap_or_default();
+    api.seen
+        .lock()
+        .unwrap()
+        .push((path.clone(), selector.clone(), watch, rv));
+    if let Some(obj) = api.objects.get(&path) {
+        return Ok(full(StatusCode::OK, obj));
+    }
+    let Some(res) = api.resources.get(&(path, selector)) else {
+        return Ok(full(
+            StatusCode::NOT_FOUND,
+            &json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}),
+        ));
+    };
+    if !watch {
+        let (rv, items) = res.list.lock().unwrap().clone();
+        return Ok(full(
+            StatusCode::OK,
+            &json!({"kind":"List","apiVersion":"v1","metadata":{"resourceVersion": rv},"items": items}),
+        ));
+    }
+    // One watch at a time per resource: the stream owns the receiver until it ends.
+    let rx = Arc::clone(&res.watch_rx).lock_owned().await;
+    let body = stream::unfold((rx, false), |(mut rx, done)| async move {
+        if done {
+            return None;
+        }
+        match rx.recv().await {
+            Some(Msg::Event(v)) => {
+                // The API server closes a watch after an ERROR event.
+                let last = v["type"] == "ERROR";
+                let line = Bytes::from(format!("{v}\n"));
+                Some((Ok::<_, Infallible>(Frame::data(line)), (rx, last)))
+            }
+            Some(Msg::End) | None => None,
+        }
+    });
+    let mut r = Response::new(StreamBody::new(body).boxed());
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().expect("static"));
+    Ok(r)
+}
+
+async fn serve(api: Arc<FakeApi>, stop: CancellationToken) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = tokio::select! {
+                _ = stop.cancelled() => return,
+                a = l.accept() => a.unwrap(),
+            };
+            let api = Arc::clone(&api);
+            let svc = hyper::service::service_fn(move |req| handle(Arc::clone(&api), req));
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(s), svc);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = stop.cancelled() => {}
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn client(url: &str) -> kube::Client {
+    let config = kube::Config::new(url.parse().expect("url"));
+    kube::Client::try_from(config).expect("client")
+}
+
+// === objects ===
+
+fn revision(name: &str, rv: &str, cc: i64, port: &str) -> Value {
+    json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Revision",
+        "metadata": {"namespace": "ns", "name": name, "resourceVersion": rv,
+            "labels": {"serving.knative.dev/service": "hello",
+                       "serving.knative.dev/configuration": "hello"}},
+        "spec": {"containerConcurrency": cc, "timeoutSeconds": 120,
+            "containers": [{"image": "x", "ports": [{"name": port, "containerPort": 8080}]}]},
+        "status": {}
+    })
+}
+
+/// An EndpointSlice of `rev`'s private (`Private`) or public (`Public`) Service.
+fn slice(
+    name: &str,
+    rv: &str,
+    rev: &str,
+    kind: &str,
+    port: (&str, i32),
+    eps: &[(&str, bool, bool)],
+) -> Value {
+    let endpoints: Vec<Value> = eps
+        .iter()
+        .map(|(ip, ready, terminating)| {
+            json!({"addresses": [ip], "conditions":
+                {"ready": ready, "serving": *ready || *terminating, "terminating": terminating},
+                "targetRef": {"kind": "Pod", "namespace": "ns", "name": format!("pod-{ip}")}})
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"namespace": "ns", "name": name, "resourceVersion": rv, "labels": {
+            "kubernetes.io/service-name": format!("{rev}-private"),
+            "serving.knative.dev/revision": rev,
+            "serving.knative.dev/revisionUID": "0b7d4a8e",
+            "networking.internal.knative.dev/serviceType": kind}},
+        "addressType": "IPv4",
+        "ports": [{"name": port.0, "port": port.1, "protocol": "TCP"},
+                  {"name": "http-autometric", "port": 9090, "protocol": "TCP"}],
+        "endpoints": endpoints
+    })
+}
+
+fn service(rev: &str, rv: &str, ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"namespace": "ns", "name": format!("{rev}-private"), "resourceVersion": rv,
+            "labels": {"serving.knative.dev/revision": rev,
+                       "networking.internal.knative.dev/serviceType": "Private"}},
+        "spec": {"clusterIP": ip, "type": "ClusterIP", "ports": [
+            {"name": "http", "port": 80, "targetPort": 8012, "protocol": "TCP"},
+            {"name": "http2", "port": 81, "targetPort": 8013, "protocol": "TCP"}]}
+    })
+}
+
+fn event(kind: &str, object: Value) -> Msg {
+    Msg::Event(json!({"type": kind, "object": object}))
+}
+
+fn key(name: &str) -> RevisionKey {
+    RevisionKey::new("ns", name)
+}
+
+async fn wait_for(catalog: &Catalog, what: &str, pred: impl Fn(&Snapshot) -> bool) {
+    let mut rx = catalog.subscribe();
+    let ok = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if pred(&rx.borrow_and_update()) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ok.is_ok() && pred(&catalog.snapshot()),
+        "timed out waiting for {what}; catalog: {:#?}",
+        catalog.snapshot().revisions
+    );
+}
+
+fn entry(s: &Snapshot, name: &str) -> Option<Arc<RevisionEntry>> {
+    s.revisions.get(&key(name)).cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_feed_the_catalog_through_restarts_bookmarks_gone_and_deletions() {
+    let mut api = FakeApi::default();
+    api.add(
+        REVISIONS,
+        "",
+        "100",
+        vec![
+            revision("hello-00001", "90", 2, "user-port"),
+            revision("grpc-00001", "91", 0, "h2c"),
+            revision("old-00001", "92", 1, "user-port"),
+        ],
+    );
+    api.add(
+        SLICES,
+        PRIVATE_SLICES,
+        "200",
+        vec![
+            slice(
+                "hello-00001-private-a1",
+                "190",
+                "hello-00001",
+                "Private",
+                ("http", 8012),
+                &[
+                    ("10.1.0.1", true, false),
+                    ("10.1.0.2", false, false),
+                    ("10.1.0.3", false, true),
+                ],
+            ),
+            slice(
+                "grpc-00001-private-b1",
+                "191",
+                "grpc-00001",
+                "Private",
+                ("http2", 8013),
+                &[("10.1.1.1", true, false)],
+            ),
+        ],
+    );
+    api.add(
+        SLICES,
+        PUBLIC_SLICES,
+        "200",
+        vec![slice(
+            "hello-00001-x9",
+            "192",
+            "hello-00001",
+            "Public",
+            ("http", 8012),
+            &[("10.2.0.3", true, false), ("10.2.0.20", true, false)],
+        )],
+    );
+    api.add(
+        SERVICES,
+        PRIVATE_SERVICES,
+        "300",
+        vec![service("hello-00001", "290", "10.96.0.10")],
+    );
+    let api = Arc::new(api);
+    let stop = CancellationToken::new();
+    let url = serve(Arc::clone(&api), stop.clone()).await;
+    let catalog = Catalog::new();
+
+    // start() returns once every watch has listed: the catalog is complete at once.
+    let src = KubeSource::start(client(&url), catalog.clone(), DEADLINE)
+        .await
+        .expect("source syncs");
+    let snap = catalog.snapshot();
+    assert_eq!(snap.revisions.len(), 3);
+    let hello = entry(&snap, "hello-00001").expect("hello");
+    assert_eq!(hello.spec.container_concurrency, 2);
+    assert_eq!(hello.spec.timeout, Duration::from_secs(120));
+    assert_eq!(hello.spec.service, "hello");
+    assert_eq!(hello.endpoints.ready, ["10.1.0.1:8012"]);
+    assert_eq!(hello.endpoints.not_ready, ["10.1.0.2:8012"]);
+    assert_eq!(hello.endpoints.cluster_ip.as_deref(), Some("10.96.0.10:80"));
+    // Sorted as strings, as Knative sorts them for the activator index.
+    assert_eq!(
+        hello.activators.as_deref(),
+        Some(&["10.2.0.20".to_owned(), "10.2.0.3".to_owned()][..])
+    );
+    let grpc = entry(&snap, "grpc-00001").expect("grpc");
+    assert_eq!(grpc.spec.protocol, Protocol::H2c);
+    assert_eq!(grpc.endpoints.ready, ["10.1.1.1:8013"]);
+    assert_eq!(grpc.endpoints.cluster_ip, None);
+
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(src.run(shutdown.clone()));
+
+    // MODIFIED: the not-ready pod turns ready.
+    api.send(
+        SLICES,
+        PRIVATE_SLICES,
+        event(
+            "MODIFIED",
+            slice(
+                "hello-00001-private-a1",
+                "201",
+                "hello-00001",
+                "Private",
+                ("http", 8012),
+                &[("10.1.0.1", true, false), ("10.1.0.2", true, false)],
+            ),
+        ),
+    )
+    .await;
+    wait_for(&catalog, "pod 10.1.0.2 ready", |s| {
+        entry(s, "hello-00001").is_some_and(|e| {
+            e.endpoints.ready == ["10.1.0.1:8012", "10.1.0.2:8012"]
+                && e.endpoints.not_ready.is_empty()
+        })
+    })
+    .await;
+
+    // A BOOKMARK, then the API server ends the watch: the watcher re-watches from the
+    // bookmark's resourceVersion without a re-list, and sees what happens next.
+    api.send(
+        REVISIONS,
+        "",
+        event(
+            "BOOKMARK",
+            json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Revision",
+        "metadata": {"resourceVersion": "150"}}),
+        ),
+    )
+    .await;
+    api.send(REVISIONS, "", Msg::End).await;
+    api.send(
+        REVISIONS,
+        "",
+        event("ADDED", revision("new-00001", "151", 5, "user-port")),
+    )
+    .await;
+    wait_for(&catalog, "new revision after the watch restart", |s| {
+        entry(s, "new-00001").is_some_and(|e| e.spec.container_concurrency == 5)
+    })
+    .await;
+    assert_eq!(api.watch_versions(REVISIONS, ""), ["100", "150"]);
+    assert_eq!(
+        api.lists(REVISIONS, ""),
+        1,
+        "a bookmark restart must not re-list"
+    );
+
+    // 410 Gone on the private-slice watch. Meanwhile (unseen by the watch) pod 10.1.0.1 went
+    // away and grpc's slice was deleted: only the re-list can tell, and the state must drop
+    // both.
+    api.set_list(
+        SLICES,
+        PRIVATE_SLICES,
+        "400",
+        vec![slice(
+            "hello-00001-private-a1",
+            "399",
+            "hello-00001",
+            "Private",
+            ("http", 8012),
+            &[("10.1.0.2", true, false)],
+        )],
+    );
+    api.send(
+        SLICES,
+        PRIVATE_SLICES,
+        Msg::Event(json!({"type": "ERROR", "object": {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "too old resource version: 200 (350)", "reason": "Expired", "code": 410}})),
+    )
+    .await;
+    wait_for(&catalog, "re-list after 410 Gone", |s| {
+        entry(s, "hello-00001").is_some_and(|e| e.endpoints.ready == ["10.1.0.2:8012"])
+            && entry(s, "grpc-00001").is_some_and(|e| e.endpoints.ready.is_empty())
+    })
+    .await;
+    assert_eq!(
+        api.lists(SLICES, PRIVATE_SLICES),
+        2,
+        "410 Gone must re-list"
+    );
+    // The watch resumes from the re-list's resourceVersion (it starts just after the catalog
+    // update, so wait for it).
+    let resumed = tokio::time::timeout(DEADLINE, async {
+        while api.watch_versions(SLICES, PRIVATE_SLICES).len() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(resumed.is_ok(), "no watch after the re-list");
+    assert_eq!(api.watch_versions(SLICES, PRIVATE_SLICES), ["200", "400"]);
+
+    // DELETED events: a revision, a private Service, a private slice.
+    api.send(
+        REVISIONS,
+        "",
+        event("DELETED", revision("old-00001", "160", 1, "user-port")),
+    )
+    .await;
+    api.send(
+        SERVICES,
+        PRIVATE_SERVICES,
+        event("DELETED", service("hello-00001", "301", "10.96.0.10")),
+    )
+    .await;
+    api.send(
+        SLICES,
+        PRIVATE_SLICES,
+        event(
+            "DELETED",
+            slice(
+                "hello-00001-private-a1",
+                "401",
+                "hello-00001",
+                "Private",
+                ("http", 8012),
+                &[],
+            ),
+        ),
+    )
+    .await;
+    wait_for(&catalog, "deletions applied", |s| {
+        entry(s, "old-00001").is_none()
+            && entry(s, "hello-00001")
+                .is_some_and(|e| e.endpoints.cluster_ip.is_none() && e.endpoints.ready.is_empty())
+    })
+    .await;
+
+    // Public slices update the activator subset; a new private Service gives a cluster IP.
+    api.send(
+        SLICES,
+        PUBLIC_SLICES,
+        event(
+            "MODIFIED",
+            slice(
+                "hello-00001-x9",
+                "202",
+                "hello-00001",
+                "Public",
+                ("http", 8012),
+                &[
+                    ("10.2.0.3", true, false),
+                    ("10.2.0.20", true, false),
+                    ("10.2.0.100", true, false),
+                ],
+            ),
+        ),
+    )
+    .await;
+    api.send(
+        SERVICES,
+        PRIVATE_SERVICES,
+        event("ADDED", service("new-00001", "302", "10.96.0.11")),
+    )
+    .await;
+    wait_for(&catalog, "public slice and new service", |s| {
+        entry(s, "hello-00001").is_some_and(|e| e.activators.as_ref().is_some_and(|a| a.len() == 3))
+            && entry(s, "new-00001")
+                .is_some_and(|e| e.endpoints.cluster_ip.as_deref() == Some("10.96.0.11:80"))
+    })
+    .await;
+
+    shutdown.cancel();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .expect("source stops on shutdown")
+        .expect("no panic");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_fails_naming_the_watch_that_cannot_list() {
+    // Revisions are served; the EndpointSlice and Service lists 404 (as without RBAC or CRDs
+    // they would fail): start() gives up after its deadline with the last error.
+    let mut api = FakeApi::default();
+    api.add(REVISIONS, "", "1", vec![]);
+    let api = Arc::new(api);
+    let stop = CancellationToken::new();
+    let url = serve(api, stop.clone()).await;
+    let err = KubeSource::start(client(&url), Catalog::new(), Duration::from_secs(2))
+        .await
+        .expect_err("cannot sync");
+    match &err {
+        KubeSourceError::Sync { last_error, .. } => {
+            assert!(
+                last_error.contains("404") || last_error.to_lowercase().contains("not found"),
+                "{err}"
+            )
+        }
+        other => panic!("unexpected {other}"),
+    }
+    stop.cancel();
+}
+
+// === the real binary, in-cluster style ===
+
+/// A kubeconfig pointing at the fake API server, in a fresh temp dir (returned for cleanup).
+fn kubeconfig(test: &str, url: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("activator-kube-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+             current-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+        ),
+    )
+    .unwrap();
+    (dir, path)
+}
+
+/// A queue-proxy stand-in: answers the activator's probe and requests.
+async fn fake_pod(stop: CancellationToken) -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let svc = tower::service_fn(|req: Request<Incoming>| async move {
+        let probe = req
+            .headers()
+            .get("k-network-probe")
+            .is_some_and(|v| v == "queue");
+        let body = if probe { "queue" } else { "hello from the pod" };
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+            body.as_bytes(),
+        ))))
+    });
+    tokio::spawn(shared::http::server::serve(
+        l,
+        svc,
+        shared::http::server::ServerOptions::default(),
+        stop,
+    ));
+    addr
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET /` for `ns/hello-00001` through the activator: (status, body), or `None` if it is not up.
+async fn get_revision(port: u16) -> Option<(StatusCode, String)> {
+    use hyper_util::client::legacy::Client;
+    let c: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::builder()
+        .uri(format!("http://127.0.0.1:{port}/"))
+        .header("knative-serving-namespace", "ns")
+        .header("knative-serving-revision", "hello-00001")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), c.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = r.status();
+    let body = r.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_revisions_from_the_api_server_by_default() {
+    let stop = CancellationToken::new();
+    let pod = fake_pod(stop.clone()).await;
+    let mut api = FakeApi::default();
+    api.add(
+        REVISIONS,
+        "",
+        "10",
+        vec![revision("hello-00001", "9", 1, "user-port")],
+    );
+    api.add(
+        SLICES,
+        PRIVATE_SLICES,
+        "10",
+        vec![slice(
+            "hello-00001-private-a1",
+            "9",
+            "hello-00001",
+            "Private",
+            ("http", i32::from(pod.port())),
+            &[("127.0.0.1", true, false)],
+        )],
+    );
+    api.add(SLICES, PUBLIC_SLICES, "10", vec![]);
+    api.add(SERVICES, PRIVATE_SERVICES, "10", vec![]);
+    api.add_config_network(json!({"mesh-compatibility-mode": "auto"}));
+    let api = Arc::new(api);
+    let url = serve(Arc::clone(&api), stop.clone()).await;
+
+    let (dir, kubeconfig) = kubeconfig("serves", &url);
+    let port = free_port();
+    // No --source: Knative's manifests set none, so the Kubernetes source is the default.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_activator"))
+        .env_clear()
+        .env("POD_NAME", "activator-0")
+        .env("POD_IP", "10.2.0.3")
+        .env("SYSTEM_NAMESPACE", "knative-serving")
+        .env("KUBECONFIG", &kubeconfig)
+        .args(["--stats-sink", "none", "--metrics-addr", "none"])
+        .args(["--http1-addr", &format!("127.0.0.1:{port}")])
+        .args(["--h2c-addr", &format!("127.0.0.1:{}", free_port())])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let served = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(r) = get_revision(port).await {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("activator answers");
+    assert_eq!(served, (StatusCode::OK, "hello from the pod".to_owned()));
+
+    // The binary follows the watch: a deleted Revision is 404 for new requests.
+    api.send(
+        REVISIONS,
+        "",
+        event("DELETED", revision("hello-00001", "11", 1, "user-port")),
+    )
+    .await;
+    let gone = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some((StatusCode::NOT_FOUND, _)) = get_revision(port).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "revision still served after DELETED");
+    child.kill().await.unwrap();
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_refuses_system_internal_tls() {
+    let stop = CancellationToken::new();
+    let mut api = FakeApi::default();
+    api.add_config_network(json!({"system-internal-tls": "enabled"}));
+    let url = serve(Arc::new(api), stop.clone()).await;
+    let (dir, kubeconfig) = kubeconfig("tls", &url);
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_activator"))
+        .env_clear()
+        .env("POD_NAME", "activator-0")
+        .env("POD_IP", "10.2.0.3")
+        .env("SYSTEM_NAMESPACE", "knative-serving")
+        .env("KUBECONFIG", &kubeconfig)
+        .args(["--stats-sink", "none", "--metrics-addr", "none"])
+        .args(["--http1-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--h2c-addr", &format!("127.0.0.1:{}", free_port())])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .expect("exits by itself")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let logs = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains("system-internal-tls"), "{logs}");
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,6 +8,7 @@
 //! - [`observe`]: in-flight count, request log and request metrics (outermost layer).
 //! - [`stats`]: the autoscaler's 1 s window and the protobuf `Stat` reporter.
 //! - [`drain`]: Knative's Drainer (quiet period, reset).
+//! - [`h2c`]: `Upgrade: h2c` on the serving port.
 //! - [`probe`]: the user container's readiness probe (`SERVING_READINESS_PROBE`).
 //! - [`admin`]: `/wait-for-drain`, the `Stat` endpoint and the Prometheus endpoint.
 //! - [`reqlog`]: request-log templates.
@@ -19,6 +20,7 @@
 pub mod admin;
 pub mod config;
 pub mod drain;
+pub mod h2c;
 pub mod observe;
 pub mod probe;
 pub mod reqlog;
@@ -185,7 +187,8 @@ pub async fn run(
     });
     let serving = tokio::spawn(serve(
         listeners.serving,
-        svc,
+        // h2c via `Upgrade` is for cleartext only (RFC 7540 §3.2); prior knowledge is hyper's.
+        h2c::H2cUpgrade::new(svc),
         ServerOptions::default(),
         serving_token.clone(),
     ));

@@ -537,3 +537,76 @@ async fn response_start_and_idle_timeouts_spare_a_websocket_but_the_revision_tim
         "closed early: {took:?}"
     );
 }
+
+/// Runs curl (installed by `.ci/run`) with a bounded time and returns stdout.
+fn curl(args: &[&str]) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl is installed (.ci/run)");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn upgrade_h2c_serves_the_request_and_the_connection_as_http2() {
+    let app = start_app().await;
+    let qp = start_qp(env(app.addr.port())).await;
+    let base = format!("http://{}", qp.serving);
+    // `curl --http2` on http:// sends `Upgrade: h2c`; both URLs share the upgraded connection.
+    let out = tokio::task::spawn_blocking(move || {
+        curl(&[
+            "--http2",
+            "-w",
+            "|%{http_version} %{http_code} %{num_connects}\n",
+            "-H",
+            "x-test: 1",
+            &format!("{base}/headers?a=1"),
+            &format!("{base}/headers?b=2"),
+        ])
+    })
+    .await
+    .unwrap();
+    let answers: Vec<&str> = out.lines().filter(|l| l.starts_with('|')).collect();
+    assert_eq!(answers, ["|2 200 1", "|2 200 0"], "{out}");
+    // The app saw both over h2c (inbound HTTP/2 goes upstream as h2c), with the request's
+    // headers and without the upgrade's connection headers.
+    assert_eq!(out.matches("HTTP/2.0 host=").count(), 2, "{out}");
+    assert!(out.contains("x-test: 1\n"), "{out}");
+    assert!(
+        !out.contains("http2-settings") && !out.contains("upgrade"),
+        "{out}"
+    );
+    assert!(out.contains("x-forwarded-for: 127.0.0.1\n"), "{out}");
+    assert_eq!(app.stats.hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn upgrade_h2c_with_a_body_is_served_as_http1() {
+    let app = start_app().await;
+    let qp = start_qp(env(app.addr.port())).await;
+    let url = format!("http://{}/headers", qp.serving);
+    let out = tokio::task::spawn_blocking(move || {
+        curl(&[
+            "--http2",
+            "-d",
+            "payload",
+            "-w",
+            "|%{http_version} %{http_code}\n",
+            &url,
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(out.ends_with("|1.1 200\n"), "{out}");
+    assert!(out.starts_with("HTTP/1.1 host="), "{out}");
+    assert!(
+        !out.contains("upgrade") && !out.contains("http2-settings"),
+        "{out}"
+    );
+}

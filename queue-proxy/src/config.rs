@@ -88,6 +88,9 @@ pub struct Cli {
     /// Ours: quiet period after SIGTERM before exiting, in seconds (default 30).
     #[arg(long, env = "QUEUE_DRAIN_SECONDS")]
     pub queue_drain_seconds: Option<String>,
+    /// Ours: directory with `tls.crt` and `tls.key` (default `/var/lib/knative/certs`).
+    #[arg(long, env = "QUEUE_TLS_CERT_DIR")]
+    pub queue_tls_cert_dir: Option<String>,
 }
 
 /// Every environment variable [`Cli`] reads, Knative's first, then ours.
@@ -124,6 +127,7 @@ pub const ENV_NAMES: &[&str] = &[
     "QUEUE_METRICS_PORT",
     "QUEUE_USER_METRICS_PORT",
     "QUEUE_DRAIN_SECONDS",
+    "QUEUE_TLS_CERT_DIR",
 ];
 
 /// A configuration error; the message names the variable.
@@ -280,7 +284,7 @@ pub struct Config {
     pub pod_ip: String,
     /// `QUEUE_SERVING_PORT` (0 = any free port, ours, for tests and local mode).
     pub serving_port: u16,
-    /// `QUEUE_SERVING_TLS_PORT` (TLS is not served yet; see docs).
+    /// `QUEUE_SERVING_TLS_PORT`: served only when the certificate files exist.
     pub serving_tls_port: u16,
     /// `USER_PORT`: upstream `127.0.0.1:<port>`.
     pub user_port: u16,
@@ -313,6 +317,9 @@ pub struct Config {
     pub user_metrics_port: Option<u16>,
     /// `QUEUE_DRAIN_SECONDS` (default 30).
     pub drain_quiet_period: Duration,
+    /// `QUEUE_PROXY_TLS_*` and `QUEUE_TLS_CERT_DIR`: the TLS listener's settings (served only
+    /// when the certificate files exist).
+    pub tls: crate::tls::TlsConfig,
 }
 
 /// Go's `strconv.ParseInt(s, 0, 64)`: decimal, `0x`, `0o`/`0`, `0b` prefixes, optional sign.
@@ -463,21 +470,29 @@ impl TryFrom<Cli> for Config {
                 u64::try_from(n).map_err(|_| invalid("QUEUE_DRAIN_SECONDS", "negative"))?
             }
         };
-        for (v, name) in [
-            (
-                &c.queue_proxy_tls_min_version,
-                "QUEUE_PROXY_TLS_MIN_VERSION",
-            ),
-            (
-                &c.queue_proxy_tls_max_version,
-                "QUEUE_PROXY_TLS_MAX_VERSION",
-            ),
-        ] {
-            if let Some(v) = v.as_deref()
-                && !matches!(v, "" | "1.2" | "1.3")
-            {
-                return Err(invalid(name, format!("unsupported TLS version {v:?}")));
+        let tls = {
+            use crate::tls::{Version, parse_cipher_suites, parse_curves, parse_version};
+            let s = |v: &Option<String>| v.clone().unwrap_or_default();
+            crate::tls::TlsConfig {
+                cert_dir: c
+                    .queue_tls_cert_dir
+                    .filter(|d| !d.is_empty())
+                    .map_or_else(|| crate::tls::CERT_DIR.into(), Into::into),
+                min_version: parse_version(&s(&c.queue_proxy_tls_min_version), Version::Tls13)
+                    .map_err(|e| invalid("QUEUE_PROXY_TLS_MIN_VERSION", e))?,
+                max_version: parse_version(&s(&c.queue_proxy_tls_max_version), Version::Tls13)
+                    .map_err(|e| invalid("QUEUE_PROXY_TLS_MAX_VERSION", e))?,
+                cipher_suites: parse_cipher_suites(&s(&c.queue_proxy_tls_cipher_suites))
+                    .map_err(|e| invalid("QUEUE_PROXY_TLS_CIPHER_SUITES", e))?,
+                curves: parse_curves(&s(&c.queue_proxy_tls_curve_preferences))
+                    .map_err(|e| invalid("QUEUE_PROXY_TLS_CURVE_PREFERENCES", e))?,
             }
+        };
+        if tls.min_version > tls.max_version {
+            return Err(invalid(
+                "QUEUE_PROXY_TLS_MAX_VERSION",
+                "lower than QUEUE_PROXY_TLS_MIN_VERSION",
+            ));
         }
         Ok(Self {
             namespace,
@@ -506,6 +521,7 @@ impl TryFrom<Cli> for Config {
             metrics_port: opt_port(c.queue_metrics_port, "QUEUE_METRICS_PORT", 9090)?,
             user_metrics_port,
             drain_quiet_period: Duration::from_secs(drain),
+            tls,
         })
     }
 }

@@ -12,6 +12,7 @@
 //! - [`probe`]: the user container's readiness probe (`SERVING_READINESS_PROBE`).
 //! - [`admin`]: `/wait-for-drain`, the `Stat` endpoint and the Prometheus endpoint.
 //! - [`reqlog`]: request-log templates.
+//! - [`tls`]: system-internal TLS on `QUEUE_SERVING_TLS_PORT` (certificate watcher, rustls).
 //!
 //! [`run`] serves everything on listeners the caller bound, so tests run in-process on
 //! `127.0.0.1:0`.
@@ -26,6 +27,7 @@ pub mod probe;
 pub mod reqlog;
 pub mod stack;
 pub mod stats;
+pub mod tls;
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -55,6 +57,19 @@ pub struct Listeners {
     pub metrics: TcpListener,
     /// The user-metrics port, when request metrics are Prometheus.
     pub user_metrics: Option<TcpListener>,
+    /// `QUEUE_SERVING_TLS_PORT`, when the certificate files exist.
+    pub tls: Option<TcpListener>,
+}
+
+/// Start-up failures of [`run`].
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The request-log template does not parse.
+    #[error(transparent)]
+    Template(#[from] reqlog::TemplateError),
+    /// The TLS certificate cannot be loaded or the TLS settings are unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 async fn bind_any(port: u16) -> std::io::Result<TcpListener> {
@@ -70,8 +85,9 @@ impl Listeners {
     /// Binds every port of `config` on all interfaces.
     ///
     /// # Errors
-    /// A port that cannot be bound.
+    /// A port that cannot be bound, or the certificate directory cannot be examined.
     pub async fn bind(config: &Config) -> std::io::Result<Self> {
+        let tls = tls::enabled(&config.tls.cert_dir).map_err(std::io::Error::other)?;
         Ok(Self {
             serving: bind_any(config.serving_port).await?,
             admin: bind_any(config.admin_port).await?,
@@ -79,6 +95,11 @@ impl Listeners {
             user_metrics: match config.user_metrics_port {
                 Some(p) => Some(bind_any(p).await?),
                 None => None,
+            },
+            tls: if tls {
+                Some(bind_any(config.serving_tls_port).await?)
+            } else {
+                None
             },
         })
     }
@@ -94,6 +115,7 @@ impl Listeners {
             admin: b().await?,
             metrics: b().await?,
             user_metrics: if user_metrics { Some(b().await?) } else { None },
+            tls: None,
         })
     }
 }
@@ -104,12 +126,12 @@ impl Listeners {
 /// timeout), upgraded connections get up to 60 s, and the function returns.
 ///
 /// # Errors
-/// Request-log template errors (the only start-up failure left after config parsing).
+/// Request-log template errors, and a TLS certificate that cannot be loaded.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: CancellationToken,
-) -> Result<(), reqlog::TemplateError> {
+) -> Result<(), StartError> {
     let started = Instant::now();
     let obs = &config.observability;
     let log = if obs.enable_request_log && !obs.request_log_template.is_empty() {
@@ -126,6 +148,15 @@ pub async fn run(
         ))
     } else {
         None
+    };
+    let tls = match &listeners.tls {
+        Some(_) => {
+            let provider = Arc::new(tls::provider_for(&config.tls));
+            let store = Arc::new(tls::CertStore::load(&config.tls.cert_dir, provider)?);
+            let server = tls::server_config(&config.tls, store.clone())?;
+            Some((store, tokio_rustls::TlsAcceptor::from(Arc::new(server))))
+        }
+        None => None,
     };
     let mut registry = Registry::default();
     let metrics = listeners
@@ -166,6 +197,7 @@ pub async fn run(
         ("admin", Some(&listeners.admin)),
         ("metrics", Some(&listeners.metrics)),
         ("user-metrics", listeners.user_metrics.as_ref()),
+        ("serving-tls", listeners.tls.as_ref()),
     ] {
         if let Some(addr) = l.and_then(|l| l.local_addr().ok()) {
             tracing::info!(listener = name, addr = %addr, "listening");
@@ -185,6 +217,21 @@ pub async fn run(
         prober,
         observer,
     });
+    // The TLS port serves the same stack (same drainer, breaker and stats), closing with the
+    // plain port after the drain.
+    let serving_tls = match (listeners.tls, tls) {
+        (Some(l), Some((store, acceptor))) => {
+            tokio::spawn(store.watch(tls::RELOAD_PERIOD, side.clone()));
+            Some(tokio::spawn(tls::serve_tls(
+                l,
+                acceptor,
+                svc.clone(),
+                ServerOptions::default(),
+                serving_token.clone(),
+            )))
+        }
+        _ => None,
+    };
     let serving = tokio::spawn(serve(
         listeners.serving,
         // h2c via `Upgrade` is for cleartext only (RFC 7540 §3.2); prior knowledge is hyper's.
@@ -245,7 +292,13 @@ pub async fn run(
     // HTTP/1 requests in flight finish (Knative waits without limit; the kubelet's grace period,
     // equal to the revision timeout, bounds it there, so we bound it the same way).
     let limit = config.revision_timeout.max(Duration::from_secs(1));
-    if tokio::time::timeout(limit, serving).await.is_err() {
+    let servers = async {
+        let _ = serving.await;
+        if let Some(t) = serving_tls {
+            let _ = t.await;
+        }
+    };
+    if tokio::time::timeout(limit, servers).await.is_err() {
         tracing::warn!("serving connections still open at the revision timeout");
     }
     // Upgraded connections and h2 streams (Knative's hijack drain).

@@ -259,6 +259,10 @@ where
                     trace_id: TraceContext::extract(h)
                         .map(|t| t.trace_id_hex())
                         .unwrap_or_default(),
+                    tls: req
+                        .extensions()
+                        .get::<crate::tls::TlsInfo>()
+                        .map(ToString::to_string),
                     ..Default::default()
                 };
                 Some((l.clone(), entry))

@@ -31,6 +31,32 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 
+/// Facts about a request's TLS connection, in its extensions (read by the request log).
+#[derive(Clone, Debug)]
+pub struct TlsInfo {
+    /// The negotiated version's code point (`0x0304` = TLS 1.3).
+    pub version: u16,
+    /// The negotiated cipher suite's code point.
+    pub cipher_suite: u16,
+    /// The ALPN protocol, if any.
+    pub alpn: String,
+    /// The SNI server name, if any.
+    pub server_name: String,
+}
+
+impl std::fmt::Display for TlsInfo {
+    /// A brace-enclosed summary in the order of Go's `tls.ConnectionState` fields (Version,
+    /// HandshakeComplete, DidResume, CipherSuite, NegotiatedProtocol, …, ServerName), so a
+    /// template's `{{.Request.TLS}}` starts with `{` as Go's does (`TestTLSRequestLog` greps it).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{{{} true false {} {} true {}}}",
+            self.version, self.cipher_suite, self.alpn, self.server_name
+        )
+    }
+}
+
 /// Where Knative mounts the system-internal certificate (`serving-certs`).
 pub const CERT_DIR: &str = "/var/lib/knative/certs";
 /// How often the certificate files are re-read (Knative's watcher: 1 min).
@@ -394,8 +420,21 @@ pub async fn serve_tls<S, B>(
                     return;
                 }
             };
+            let (_, conn) = tls.get_ref();
+            let tls_info = TlsInfo {
+                version: conn.protocol_version().map_or(0, u16::from),
+                cipher_suite: conn
+                    .negotiated_cipher_suite()
+                    .map_or(0, |s| u16::from(s.suite())),
+                alpn: conn
+                    .alpn_protocol()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .unwrap_or_default(),
+                server_name: conn.server_name().unwrap_or_default().to_owned(),
+            };
             let hsvc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(info);
+                req.extensions_mut().insert(tls_info.clone());
                 svc.clone().oneshot(req)
             });
             let conn = builder

@@ -41,7 +41,16 @@ async fn tls_port_serves_the_same_stack_with_alpn_and_tls13_minimum() {
     let app = start_app().await;
     let dir = cert_dir("serve");
     write_self_signed(&dir);
-    let qp = start_qp(env(app.addr.port()).set("QUEUE_TLS_CERT_DIR", dir.to_str().unwrap())).await;
+    let qp = start_qp(
+        env(app.addr.port())
+            .set("QUEUE_TLS_CERT_DIR", dir.to_str().unwrap())
+            // Knative's e2e `TestTLSRequestLog` template.
+            .set(
+                "OBSERVABILITY_CONFIG",
+                r#"{"enableRequestLog":true,"requestLogTemplate":"TLS: {{.Request.TLS}}"}"#,
+            ),
+    )
+    .await;
     let tls = qp
         .tls
         .expect("TLS listener when the certificate files exist");
@@ -111,6 +120,18 @@ async fn tls_port_serves_the_same_stack_with_alpn_and_tls13_minimum() {
     );
     // The plain port keeps serving.
     assert_eq!(get(qp.serving, "/", &[]).await.0, http::StatusCode::OK);
+    // The request log tells TLS requests (`{…}`, as Go prints a ConnectionState) from plain.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let lines = qp.lines.lock().unwrap().clone();
+        let tls_lines = lines.iter().filter(|l| l.starts_with("TLS: {")).count();
+        let plain = lines.iter().filter(|l| *l == "TLS: <nil>").count();
+        if tls_lines == 2 && plain == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{lines:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     drop(qp);
     let _ = std::fs::remove_dir_all(&dir);
 }

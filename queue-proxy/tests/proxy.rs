@@ -68,6 +68,43 @@ async fn revision_timeout_gives_504_on_time() {
 }
 
 #[tokio::test]
+async fn response_start_idle_and_total_timeouts_after_headers_behave_like_knative() {
+    let app = start_app().await;
+    // S fires before any byte: 504.
+    let qp = start_qp(
+        env(app.addr.port())
+            .set("REVISION_TIMEOUT_SECONDS", "20")
+            .set("REVISION_RESPONSE_START_TIMEOUT_SECONDS", "1")
+            .set("REVISION_IDLE_TIMEOUT_SECONDS", "1"),
+    )
+    .await;
+    let t = Instant::now();
+    let (s, _, b) = get(qp.serving, "/sleep?ms=5000", &[]).await;
+    assert_eq!(
+        (s, b.as_ref()),
+        (StatusCode::GATEWAY_TIMEOUT, &b"request timeout"[..])
+    );
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    // Writes 300 ms apart keep I=1 at bay; the response started, so S no longer applies.
+    let (s, _, b) = get(qp.serving, "/drip?ms=300&n=6", &[]).await;
+    assert_eq!((s, b.as_ref()), (StatusCode::OK, &b"......"[..]));
+    // A 2.5 s gap after the first write: idle timeout, `request timeout` appended.
+    let (s, _, b) = get(qp.serving, "/drip?ms=2500&n=3", &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        b, "request timeout",
+        "the headers were the last write before the idle timeout"
+    );
+    drop(qp);
+    // T fires after the response started: the partial body ends with `request timeout`.
+    let qp = start_qp(env(app.addr.port()).set("REVISION_TIMEOUT_SECONDS", "2")).await;
+    let (s, _, b) = get(qp.serving, "/drip?ms=400&n=20", &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    let b = String::from_utf8_lossy(&b);
+    assert!(b.ends_with(".request timeout") && b.len() < 20 + 15, "{b}");
+}
+
+#[tokio::test]
 async fn probes_are_answered_by_the_queue_proxy_and_never_reach_the_app() {
     let app = start_app().await;
     let qp = start_qp(env(app.addr.port())).await;
@@ -608,5 +645,34 @@ async fn upgrade_h2c_with_a_body_is_served_as_http1() {
     assert!(
         !out.contains("upgrade") && !out.contains("http2-settings"),
         "{out}"
+    );
+}
+
+#[tokio::test]
+async fn wait_for_drain_ends_with_the_sigterm_drain_and_a_second_signal_exits_1() {
+    let app = start_app().await;
+    let mut qp = start_qp(env(app.addr.port()).set("QUEUE_DRAIN_SECONDS", "2")).await;
+    let admin = qp.admin;
+    let t = Instant::now();
+    let waiting = tokio::spawn(async move { get(admin, "/wait-for-drain", &[]).await.0 });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    qp.sigterm();
+    assert_eq!(waiting.await.unwrap(), StatusCode::OK);
+    // The preStop hook is held for the quiet period (no 1 s reset: SIGTERM came).
+    assert!(
+        t.elapsed() >= Duration::from_millis(1800),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(qp.wait_exit(Duration::from_secs(15)).await, Some(0));
+
+    let mut qp = start_qp(env(app.addr.port()).set("QUEUE_DRAIN_SECONDS", "30")).await;
+    qp.sigterm();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    qp.sigterm();
+    assert_eq!(
+        qp.wait_exit(Duration::from_secs(10)).await,
+        Some(1),
+        "a second signal exits 1 at once"
     );
 }

@@ -85,6 +85,27 @@ async fn app_handler(req: Request<Incoming>, st: AppStats) -> Result<Response<Bo
             Response::new(full(out))
         }
         "/ws" => return Ok(websocket_echo(req)),
+        // `/drip?ms=M&n=N`: headers at once, then N one-byte chunks M ms apart (unknown length).
+        "/drip" => {
+            let q = req.uri().query().unwrap_or("");
+            let arg = |k: &str| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            let (ms, n) = (arg("ms"), arg("n"));
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(1);
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    if tx.send_data(Bytes::from_static(b".")).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            return Ok(Response::new(body.boxed_unsync()));
+        }
         _ => Response::new(full("ok")),
     };
     Ok(resp)

@@ -85,6 +85,21 @@ async fn app_handler(req: Request<Incoming>, st: AppStats) -> Result<Response<Bo
             Response::new(full(out))
         }
         "/ws" => return Ok(websocket_echo(req)),
+        // A gRPC-shaped answer: body, then `grpc-status` in trailers.
+        "/trailers" => {
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(2);
+            tokio::spawn(async move {
+                let _ = tx.send_data(Bytes::from_static(b"data")).await;
+                let mut t = http::HeaderMap::new();
+                t.insert("grpc-status", http::HeaderValue::from_static("0"));
+                let _ = tx.send_trailers(t).await;
+            });
+            // HTTP/1 trailers must be announced (hyper sends only announced fields).
+            let mut resp = Response::new(body.boxed_unsync());
+            resp.headers_mut()
+                .insert("trailer", http::HeaderValue::from_static("grpc-status"));
+            return Ok(resp);
+        }
         // `/drip?ms=M&n=N`: headers at once, then N one-byte chunks M ms apart (unknown length).
         "/drip" => {
             let q = req.uri().query().unwrap_or("");

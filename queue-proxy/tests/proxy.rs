@@ -431,7 +431,9 @@ async fn sigterm_fails_probes_serves_in_flight_and_new_requests_then_exits_0() {
 #[tokio::test]
 async fn wait_for_drain_without_sigterm_resets_after_a_second() {
     let app = start_app().await;
-    let qp = start_qp(env(app.addr.port())).await;
+    // Knative's 30 s quiet period: the 1 s watchdog must win (with the harness's 1 s drain the
+    // drain itself would race it).
+    let qp = start_qp(env(app.addr.port()).set("QUEUE_DRAIN_SECONDS", "30")).await;
     let t = Instant::now();
     let (s, _, _) = get(qp.admin, "/wait-for-drain", &[]).await;
     assert_eq!(s, StatusCode::OK);

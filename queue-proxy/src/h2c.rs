@@ -92,8 +92,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        if req.version() == Version::HTTP_11 && is_h2c_upgrade(req.headers()) {
-            if req.body().is_end_stream() {
+        if is_h2c_upgrade(req.headers()) {
+            if req.version() == Version::HTTP_11 && req.body().is_end_stream() {
                 return Box::pin(std::future::ready(Ok(self.upgrade(req))));
             }
             // Not upgraded: make sure the proxy does not forward an h2c upgrade to the app.
@@ -215,7 +215,10 @@ fn headers_frames<B>(req: &Request<B>) -> Bytes {
         .as_bytes();
     hpack_literal(&mut block, b":method", req.method().as_str().as_bytes());
     hpack_literal(&mut block, b":scheme", b"http");
-    hpack_literal(&mut block, b":authority", authority);
+    // An empty `:authority` is malformed in HTTP/2; leave it out (HTTP/1.0-style request).
+    if !authority.is_empty() {
+        hpack_literal(&mut block, b":authority", authority);
+    }
     hpack_literal(&mut block, b":path", path);
     for (name, value) in req.headers() {
         if !is_connection_specific(name.as_str(), value) {

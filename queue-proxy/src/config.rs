@@ -91,6 +91,9 @@ pub struct Cli {
     /// Ours: directory with `tls.crt` and `tls.key` (default `/var/lib/knative/certs`).
     #[arg(long, env = "QUEUE_TLS_CERT_DIR")]
     pub queue_tls_cert_dir: Option<String>,
+    /// Ours: how often the certificate files are re-read, in seconds (default 60).
+    #[arg(long, env = "QUEUE_TLS_RELOAD_SECONDS")]
+    pub queue_tls_reload_seconds: Option<String>,
 }
 
 /// Every environment variable [`Cli`] reads, Knative's first, then ours.
@@ -128,6 +131,7 @@ pub const ENV_NAMES: &[&str] = &[
     "QUEUE_USER_METRICS_PORT",
     "QUEUE_DRAIN_SECONDS",
     "QUEUE_TLS_CERT_DIR",
+    "QUEUE_TLS_RELOAD_SECONDS",
 ];
 
 /// A configuration error; the message names the variable.
@@ -478,6 +482,13 @@ impl TryFrom<Cli> for Config {
                     .queue_tls_cert_dir
                     .filter(|d| !d.is_empty())
                     .map_or_else(|| crate::tls::CERT_DIR.into(), Into::into),
+                reload_period: match c.queue_tls_reload_seconds.as_deref() {
+                    None | Some("") => crate::tls::RELOAD_PERIOD,
+                    Some(v) => match int(v, "QUEUE_TLS_RELOAD_SECONDS")? {
+                        n if n > 0 => Duration::from_secs(n.unsigned_abs()),
+                        _ => return Err(invalid("QUEUE_TLS_RELOAD_SECONDS", "must be positive")),
+                    },
+                },
                 min_version: parse_version(&s(&c.queue_proxy_tls_min_version), Version::Tls13)
                     .map_err(|e| invalid("QUEUE_PROXY_TLS_MIN_VERSION", e))?,
                 max_version: parse_version(&s(&c.queue_proxy_tls_max_version), Version::Tls13)

@@ -221,7 +221,7 @@ pub async fn run(
     // plain port after the drain.
     let serving_tls = match (listeners.tls, tls) {
         (Some(l), Some((store, acceptor))) => {
-            tokio::spawn(store.watch(tls::RELOAD_PERIOD, side.clone()));
+            tokio::spawn(store.watch(config.tls.reload_period, side.clone()));
             Some(tokio::spawn(tls::serve_tls(
                 l,
                 acceptor,

@@ -78,6 +78,8 @@ pub enum Version {
 pub struct TlsConfig {
     /// Directory holding `tls.crt` and `tls.key` ([`CERT_DIR`]; ours: `QUEUE_TLS_CERT_DIR`).
     pub cert_dir: PathBuf,
+    /// How often the files are re-read ([`RELOAD_PERIOD`]; ours: `QUEUE_TLS_RELOAD_SECONDS`).
+    pub reload_period: Duration,
     /// Lowest version offered; Knative's default is TLS 1.3.
     pub min_version: Version,
     /// Highest version offered.
@@ -94,6 +96,7 @@ impl Default for TlsConfig {
     fn default() -> Self {
         Self {
             cert_dir: PathBuf::from(CERT_DIR),
+            reload_period: RELOAD_PERIOD,
             min_version: Version::Tls13,
             max_version: Version::Tls13,
             cipher_suites: Vec::new(),

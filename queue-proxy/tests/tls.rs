@@ -184,3 +184,72 @@ fn an_unparsable_certificate_is_fatal() {
     assert!(all.contains("tls."), "{all}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// GET `/` over TLS, verifying the server against `ca` only: (success, status, stderr).
+fn served_cert(addr: std::net::SocketAddr, ca: &std::path::Path) -> (bool, String, String) {
+    curl(&[
+        "--cacert".into(),
+        ca.to_str().unwrap().into(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-w".into(),
+        "%{http_code}".into(),
+        format!("https://{addr}/"),
+    ])
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_is_reloaded_and_logged_with_knatives_line() {
+    let app = start_app().await;
+    let dir = cert_dir("rotate");
+    write_self_signed(&dir);
+    let old_ca = dir.join("old.crt");
+    std::fs::copy(dir.join("tls.crt"), &old_ca).unwrap();
+    let qp = start_qp(
+        env(app.addr.port())
+            .set("QUEUE_TLS_CERT_DIR", dir.to_str().unwrap())
+            .set("QUEUE_TLS_RELOAD_SECONDS", "1"),
+    )
+    .await;
+    let tls = qp.tls.unwrap();
+    let (ok, code, err) = tokio::task::spawn_blocking({
+        let ca = old_ca.clone();
+        move || served_cert(tls, &ca)
+    })
+    .await
+    .unwrap();
+    assert!(ok && code == "200", "{code} {err}");
+    // Rotate: a new self-signed pair; only the new certificate verifies it.
+    write_self_signed(&dir);
+    let new_ca = dir.join("tls.crt");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let ca = new_ca.clone();
+        let (ok, code, _) = tokio::task::spawn_blocking(move || served_cert(tls, &ca))
+            .await
+            .unwrap();
+        if ok && code == "200" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new certificate never served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (ok, _, _) = tokio::task::spawn_blocking(move || served_cert(tls, &old_ca))
+        .await
+        .unwrap();
+    assert!(!ok, "the old certificate is no longer served");
+    // The line is logged right after the swap; give the output reader a moment.
+    let reloaded = |v: &serde_json::Value| {
+        v["message"] == "Certificate and/or key have changed on disk and were reloaded."
+    };
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while qp.json_lines(reloaded).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no reload log line");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(qp);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -91,6 +91,10 @@ pub struct Cli {
     /// Ours: directory with `tls.crt` and `tls.key` (default `/var/lib/knative/certs`).
     #[arg(long, env = "QUEUE_TLS_CERT_DIR")]
     pub queue_tls_cert_dir: Option<String>,
+    /// Ours: time allowed for a request head on the serving, admin and metrics ports, in
+    /// seconds (default 60, Go's ReadHeaderTimeout on Knative's listeners).
+    #[arg(long, env = "QUEUE_HEADER_READ_TIMEOUT_SECONDS")]
+    pub queue_header_read_timeout_seconds: Option<String>,
     /// Ours: how often the certificate files are re-read, in seconds (default 60).
     #[arg(long, env = "QUEUE_TLS_RELOAD_SECONDS")]
     pub queue_tls_reload_seconds: Option<String>,
@@ -132,6 +136,7 @@ pub const ENV_NAMES: &[&str] = &[
     "QUEUE_DRAIN_SECONDS",
     "QUEUE_TLS_CERT_DIR",
     "QUEUE_TLS_RELOAD_SECONDS",
+    "QUEUE_HEADER_READ_TIMEOUT_SECONDS",
 ];
 
 /// A configuration error; the message names the variable.
@@ -324,6 +329,8 @@ pub struct Config {
     /// `QUEUE_PROXY_TLS_*` and `QUEUE_TLS_CERT_DIR`: the TLS listener's settings (served only
     /// when the certificate files exist).
     pub tls: crate::tls::TlsConfig,
+    /// `QUEUE_HEADER_READ_TIMEOUT_SECONDS` (ours; default 60 s): slow header senders are closed.
+    pub header_read_timeout: Duration,
 }
 
 /// Go's `strconv.ParseInt(s, 0, 64)`: decimal, `0x`, `0o`/`0`, `0b` prefixes, optional sign.
@@ -533,6 +540,18 @@ impl TryFrom<Cli> for Config {
             user_metrics_port,
             drain_quiet_period: Duration::from_secs(drain),
             tls,
+            header_read_timeout: match c.queue_header_read_timeout_seconds.as_deref() {
+                None | Some("") => Duration::from_secs(60),
+                Some(v) => match int(v, "QUEUE_HEADER_READ_TIMEOUT_SECONDS")? {
+                    n if n > 0 => Duration::from_secs(n.unsigned_abs()),
+                    _ => {
+                        return Err(invalid(
+                            "QUEUE_HEADER_READ_TIMEOUT_SECONDS",
+                            "must be positive",
+                        ));
+                    }
+                },
+            },
         })
     }
 }

@@ -219,6 +219,10 @@ pub async fn run(
     });
     // The TLS port serves the same stack (same drainer, breaker and stats), closing with the
     // plain port after the drain.
+    let serving_opts = ServerOptions {
+        header_read_timeout: config.header_read_timeout,
+        ..ServerOptions::default()
+    };
     let serving_tls = match (listeners.tls, tls) {
         (Some(l), Some((store, acceptor))) => {
             tokio::spawn(store.watch(config.tls.reload_period, side.clone()));
@@ -226,7 +230,7 @@ pub async fn run(
                 l,
                 acceptor,
                 svc.clone(),
-                ServerOptions::default(),
+                serving_opts.clone(),
                 serving_token.clone(),
             )))
         }
@@ -236,13 +240,13 @@ pub async fn run(
         listeners.serving,
         // h2c via `Upgrade` is for cleartext only (RFC 7540 §3.2); prior knowledge is hyper's.
         h2c::H2cUpgrade::new(svc),
-        ServerOptions::default(),
+        serving_opts.clone(),
         serving_token.clone(),
     ));
 
     let side_opts = ServerOptions {
         http1_only: true,
-        ..ServerOptions::default()
+        ..serving_opts
     };
     let admin_svc = {
         let (drainer, terminating) = (drainer.clone(), terminating.clone());

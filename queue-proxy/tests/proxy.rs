@@ -708,3 +708,40 @@ async fn wait_for_drain_ends_with_the_sigterm_drain_and_a_second_signal_exits_1(
         "a second signal exits 1 at once"
     );
 }
+
+#[tokio::test]
+async fn a_slow_header_sender_is_closed_after_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = start_app().await;
+    let qp = start_qp(env(app.addr.port()).set("QUEUE_HEADER_READ_TIMEOUT_SECONDS", "1")).await;
+    let mut s = tokio::net::TcpStream::connect(qp.serving).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    // The server closes the connection (EOF or reset) instead of waiting for the rest.
+    let closed = tokio::time::timeout(DEADLINE, s.read_to_end(&mut buf)).await;
+    assert!(
+        closed.is_ok(),
+        "connection still open after {:?}",
+        t.elapsed()
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "closed before the timeout: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        !String::from_utf8_lossy(&buf).contains(" 200 "),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert_eq!(
+        app.stats.hits.load(Ordering::SeqCst),
+        0,
+        "nothing forwarded"
+    );
+    // A prompt client on another connection is served normally.
+    assert_eq!(get(qp.serving, "/", &[]).await.0, StatusCode::OK);
+}

@@ -135,8 +135,8 @@ pub const ENV_NAMES: &[&str] = &[
     "QUEUE_USER_METRICS_PORT",
     "QUEUE_DRAIN_SECONDS",
     "QUEUE_TLS_CERT_DIR",
-    "QUEUE_TLS_RELOAD_SECONDS",
     "QUEUE_HEADER_READ_TIMEOUT_SECONDS",
+    "QUEUE_TLS_RELOAD_SECONDS",
 ];
 
 /// A configuration error; the message names the variable.

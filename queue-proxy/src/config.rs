@@ -620,6 +620,56 @@ mod tests {
         let mut c = cli();
         c.enable_http2_auto_detection = Some("yes".into());
         assert!(Config::try_from(c).is_err());
+        let named = |f: fn(&mut Cli), name: &str| {
+            let mut c = cli();
+            f(&mut c);
+            let e = Config::try_from(c).unwrap_err().to_string();
+            assert!(e.contains(name), "{name}: {e}");
+        };
+        named(
+            |c| c.queue_proxy_tls_min_version = Some("1.1".into()),
+            "QUEUE_PROXY_TLS_MIN_VERSION",
+        );
+        named(
+            |c| c.queue_proxy_tls_max_version = Some("1.2".into()),
+            "QUEUE_PROXY_TLS_MAX_VERSION",
+        );
+        named(
+            |c| c.queue_proxy_tls_cipher_suites = Some("TLS_RSA_WITH_RC4_128_SHA".into()),
+            "QUEUE_PROXY_TLS_CIPHER_SUITES",
+        );
+        named(
+            |c| c.queue_proxy_tls_curve_preferences = Some("Curve25519x".into()),
+            "QUEUE_PROXY_TLS_CURVE_PREFERENCES",
+        );
+        named(
+            |c| c.queue_tls_reload_seconds = Some("0".into()),
+            "QUEUE_TLS_RELOAD_SECONDS",
+        );
+        named(
+            |c| c.queue_header_read_timeout_seconds = Some("-1".into()),
+            "QUEUE_HEADER_READ_TIMEOUT_SECONDS",
+        );
+    }
+
+    #[test]
+    fn tls_defaults_are_knatives() {
+        let cfg = Config::try_from(cli()).unwrap();
+        assert_eq!(
+            cfg.tls.cert_dir,
+            std::path::Path::new("/var/lib/knative/certs")
+        );
+        assert_eq!(cfg.tls.min_version, crate::tls::Version::Tls13);
+        assert_eq!(cfg.tls.reload_period, Duration::from_secs(60));
+        assert_eq!(cfg.header_read_timeout, Duration::from_secs(60));
+        let mut c = cli();
+        c.queue_proxy_tls_min_version = Some("1.2".into());
+        c.queue_proxy_tls_cipher_suites = Some("".into());
+        let cfg = Config::try_from(c).unwrap();
+        assert_eq!(
+            (cfg.tls.min_version, cfg.tls.max_version),
+            (crate::tls::Version::Tls12, crate::tls::Version::Tls13)
+        );
     }
 
     #[test]

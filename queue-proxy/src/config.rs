@@ -97,6 +97,16 @@ pub struct Cli {
     /// OTel SDK variable: the `service.name` resource attribute of exported spans.
     #[arg(long, env = "OTEL_SERVICE_NAME")]
     pub otel_service_name: Option<String>,
+    /// Ours: directory with `tls.crt` and `tls.key` (default `/var/lib/knative/certs`).
+    #[arg(long, env = "QUEUE_TLS_CERT_DIR")]
+    pub queue_tls_cert_dir: Option<String>,
+    /// Ours: time allowed for a request head on the serving, admin and metrics ports, in
+    /// seconds (default 60, Go's ReadHeaderTimeout on Knative's listeners).
+    #[arg(long, env = "QUEUE_HEADER_READ_TIMEOUT_SECONDS")]
+    pub queue_header_read_timeout_seconds: Option<String>,
+    /// Ours: how often the certificate files are re-read, in seconds (default 60).
+    #[arg(long, env = "QUEUE_TLS_RELOAD_SECONDS")]
+    pub queue_tls_reload_seconds: Option<String>,
 }
 
 /// Every environment variable [`Cli`] reads, Knative's first, then ours.
@@ -136,6 +146,9 @@ pub const ENV_NAMES: &[&str] = &[
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_SERVICE_NAME",
+    "QUEUE_TLS_CERT_DIR",
+    "QUEUE_HEADER_READ_TIMEOUT_SECONDS",
+    "QUEUE_TLS_RELOAD_SECONDS",
 ];
 
 /// A configuration error; the message names the variable.
@@ -304,7 +317,7 @@ pub struct Config {
     pub pod_ip: String,
     /// `QUEUE_SERVING_PORT` (0 = any free port, ours, for tests and local mode).
     pub serving_port: u16,
-    /// `QUEUE_SERVING_TLS_PORT` (TLS is not served yet; see docs).
+    /// `QUEUE_SERVING_TLS_PORT`: served only when the certificate files exist.
     pub serving_tls_port: u16,
     /// `USER_PORT`: upstream `127.0.0.1:<port>`.
     pub user_port: u16,
@@ -340,6 +353,11 @@ pub struct Config {
     /// Span export, from `tracing` in `OBSERVABILITY_CONFIG` and the `OTEL_*` overrides;
     /// `None` = off (Knative's default).
     pub tracing: Option<shared::telemetry::otlp::ExportConfig>,
+    /// `QUEUE_PROXY_TLS_*` and `QUEUE_TLS_CERT_DIR`: the TLS listener's settings (served only
+    /// when the certificate files exist).
+    pub tls: crate::tls::TlsConfig,
+    /// `QUEUE_HEADER_READ_TIMEOUT_SECONDS` (ours; default 60 s): slow header senders are closed.
+    pub header_read_timeout: Duration,
 }
 
 /// Go's `strconv.ParseInt(s, 0, 64)`: decimal, `0x`, `0o`/`0`, `0b` prefixes, optional sign.
@@ -490,21 +508,36 @@ impl TryFrom<Cli> for Config {
                 u64::try_from(n).map_err(|_| invalid("QUEUE_DRAIN_SECONDS", "negative"))?
             }
         };
-        for (v, name) in [
-            (
-                &c.queue_proxy_tls_min_version,
-                "QUEUE_PROXY_TLS_MIN_VERSION",
-            ),
-            (
-                &c.queue_proxy_tls_max_version,
-                "QUEUE_PROXY_TLS_MAX_VERSION",
-            ),
-        ] {
-            if let Some(v) = v.as_deref()
-                && !matches!(v, "" | "1.2" | "1.3")
-            {
-                return Err(invalid(name, format!("unsupported TLS version {v:?}")));
+        let tls = {
+            use crate::tls::{Version, parse_cipher_suites, parse_curves, parse_version};
+            let s = |v: &Option<String>| v.clone().unwrap_or_default();
+            crate::tls::TlsConfig {
+                cert_dir: c
+                    .queue_tls_cert_dir
+                    .filter(|d| !d.is_empty())
+                    .map_or_else(|| crate::tls::CERT_DIR.into(), Into::into),
+                reload_period: match c.queue_tls_reload_seconds.as_deref() {
+                    None | Some("") => crate::tls::RELOAD_PERIOD,
+                    Some(v) => match int(v, "QUEUE_TLS_RELOAD_SECONDS")? {
+                        n if n > 0 => Duration::from_secs(n.unsigned_abs()),
+                        _ => return Err(invalid("QUEUE_TLS_RELOAD_SECONDS", "must be positive")),
+                    },
+                },
+                min_version: parse_version(&s(&c.queue_proxy_tls_min_version), Version::Tls13)
+                    .map_err(|e| invalid("QUEUE_PROXY_TLS_MIN_VERSION", e))?,
+                max_version: parse_version(&s(&c.queue_proxy_tls_max_version), Version::Tls13)
+                    .map_err(|e| invalid("QUEUE_PROXY_TLS_MAX_VERSION", e))?,
+                cipher_suites: parse_cipher_suites(&s(&c.queue_proxy_tls_cipher_suites))
+                    .map_err(|e| invalid("QUEUE_PROXY_TLS_CIPHER_SUITES", e))?,
+                curves: parse_curves(&s(&c.queue_proxy_tls_curve_preferences))
+                    .map_err(|e| invalid("QUEUE_PROXY_TLS_CURVE_PREFERENCES", e))?,
             }
+        };
+        if tls.min_version > tls.max_version {
+            return Err(invalid(
+                "QUEUE_PROXY_TLS_MAX_VERSION",
+                "lower than QUEUE_PROXY_TLS_MIN_VERSION",
+            ));
         }
         let tracing = shared::telemetry::otlp::ExportConfig::from_knative(
             &observability.tracing_protocol,
@@ -554,6 +587,19 @@ impl TryFrom<Cli> for Config {
             user_metrics_port,
             drain_quiet_period: Duration::from_secs(drain),
             tracing,
+            tls,
+            header_read_timeout: match c.queue_header_read_timeout_seconds.as_deref() {
+                None | Some("") => Duration::from_secs(60),
+                Some(v) => match int(v, "QUEUE_HEADER_READ_TIMEOUT_SECONDS")? {
+                    n if n > 0 => Duration::from_secs(n.unsigned_abs()),
+                    _ => {
+                        return Err(invalid(
+                            "QUEUE_HEADER_READ_TIMEOUT_SECONDS",
+                            "must be positive",
+                        ));
+                    }
+                },
+            },
         })
     }
 }
@@ -622,6 +668,56 @@ mod tests {
         let mut c = cli();
         c.enable_http2_auto_detection = Some("yes".into());
         assert!(Config::try_from(c).is_err());
+        let named = |f: fn(&mut Cli), name: &str| {
+            let mut c = cli();
+            f(&mut c);
+            let e = Config::try_from(c).unwrap_err().to_string();
+            assert!(e.contains(name), "{name}: {e}");
+        };
+        named(
+            |c| c.queue_proxy_tls_min_version = Some("1.1".into()),
+            "QUEUE_PROXY_TLS_MIN_VERSION",
+        );
+        named(
+            |c| c.queue_proxy_tls_max_version = Some("1.2".into()),
+            "QUEUE_PROXY_TLS_MAX_VERSION",
+        );
+        named(
+            |c| c.queue_proxy_tls_cipher_suites = Some("TLS_RSA_WITH_RC4_128_SHA".into()),
+            "QUEUE_PROXY_TLS_CIPHER_SUITES",
+        );
+        named(
+            |c| c.queue_proxy_tls_curve_preferences = Some("Curve25519x".into()),
+            "QUEUE_PROXY_TLS_CURVE_PREFERENCES",
+        );
+        named(
+            |c| c.queue_tls_reload_seconds = Some("0".into()),
+            "QUEUE_TLS_RELOAD_SECONDS",
+        );
+        named(
+            |c| c.queue_header_read_timeout_seconds = Some("-1".into()),
+            "QUEUE_HEADER_READ_TIMEOUT_SECONDS",
+        );
+    }
+
+    #[test]
+    fn tls_defaults_are_knatives() {
+        let cfg = Config::try_from(cli()).unwrap();
+        assert_eq!(
+            cfg.tls.cert_dir,
+            std::path::Path::new("/var/lib/knative/certs")
+        );
+        assert_eq!(cfg.tls.min_version, crate::tls::Version::Tls13);
+        assert_eq!(cfg.tls.reload_period, Duration::from_secs(60));
+        assert_eq!(cfg.header_read_timeout, Duration::from_secs(60));
+        let mut c = cli();
+        c.queue_proxy_tls_min_version = Some("1.2".into());
+        c.queue_proxy_tls_cipher_suites = Some("".into());
+        let cfg = Config::try_from(c).unwrap();
+        assert_eq!(
+            (cfg.tls.min_version, cfg.tls.max_version),
+            (crate::tls::Version::Tls12, crate::tls::Version::Tls13)
+        );
     }
 
     #[test]

@@ -8,9 +8,11 @@
 //! - [`observe`]: in-flight count, request log and request metrics (outermost layer).
 //! - [`stats`]: the autoscaler's 1 s window and the protobuf `Stat` reporter.
 //! - [`drain`]: Knative's Drainer (quiet period, reset).
+//! - [`h2c`]: `Upgrade: h2c` on the serving port.
 //! - [`probe`]: the user container's readiness probe (`SERVING_READINESS_PROBE`).
 //! - [`admin`]: `/wait-for-drain`, the `Stat` endpoint and the Prometheus endpoint.
 //! - [`reqlog`]: request-log templates.
+//! - [`tls`]: system-internal TLS on `QUEUE_SERVING_TLS_PORT` (certificate watcher, rustls).
 //!
 //! [`run`] serves everything on listeners the caller bound, so tests run in-process on
 //! `127.0.0.1:0`.
@@ -19,11 +21,13 @@
 pub mod admin;
 pub mod config;
 pub mod drain;
+pub mod h2c;
 pub mod observe;
 pub mod probe;
 pub mod reqlog;
 pub mod stack;
 pub mod stats;
+pub mod tls;
 pub mod trace;
 
 use std::net::{Ipv6Addr, SocketAddr};
@@ -54,6 +58,19 @@ pub struct Listeners {
     pub metrics: TcpListener,
     /// The user-metrics port, when request metrics are Prometheus.
     pub user_metrics: Option<TcpListener>,
+    /// `QUEUE_SERVING_TLS_PORT`, when the certificate files exist.
+    pub tls: Option<TcpListener>,
+}
+
+/// Start-up failures of [`run`].
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The request-log template does not parse.
+    #[error(transparent)]
+    Template(#[from] reqlog::TemplateError),
+    /// The TLS certificate cannot be loaded or the TLS settings are unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 async fn bind_any(port: u16) -> std::io::Result<TcpListener> {
@@ -69,8 +86,9 @@ impl Listeners {
     /// Binds every port of `config` on all interfaces.
     ///
     /// # Errors
-    /// A port that cannot be bound.
+    /// A port that cannot be bound, or the certificate directory cannot be examined.
     pub async fn bind(config: &Config) -> std::io::Result<Self> {
+        let tls = tls::enabled(&config.tls.cert_dir).map_err(std::io::Error::other)?;
         Ok(Self {
             serving: bind_any(config.serving_port).await?,
             admin: bind_any(config.admin_port).await?,
@@ -78,6 +96,11 @@ impl Listeners {
             user_metrics: match config.user_metrics_port {
                 Some(p) => Some(bind_any(p).await?),
                 None => None,
+            },
+            tls: if tls {
+                Some(bind_any(config.serving_tls_port).await?)
+            } else {
+                None
             },
         })
     }
@@ -93,6 +116,7 @@ impl Listeners {
             admin: b().await?,
             metrics: b().await?,
             user_metrics: if user_metrics { Some(b().await?) } else { None },
+            tls: None,
         })
     }
 }
@@ -103,12 +127,12 @@ impl Listeners {
 /// timeout), upgraded connections get up to 60 s, and the function returns.
 ///
 /// # Errors
-/// Request-log template errors (the only start-up failure left after config parsing).
+/// Request-log template errors, and a TLS certificate that cannot be loaded.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: CancellationToken,
-) -> Result<(), reqlog::TemplateError> {
+) -> Result<(), StartError> {
     let started = Instant::now();
     let obs = &config.observability;
     let log = if obs.enable_request_log && !obs.request_log_template.is_empty() {
@@ -125,6 +149,15 @@ pub async fn run(
         ))
     } else {
         None
+    };
+    let tls = match &listeners.tls {
+        Some(_) => {
+            let provider = Arc::new(tls::provider_for(&config.tls));
+            let store = Arc::new(tls::CertStore::load(&config.tls.cert_dir, provider)?);
+            let server = tls::server_config(&config.tls, store.clone())?;
+            Some((store, tokio_rustls::TlsAcceptor::from(Arc::new(server))))
+        }
+        None => None,
     };
     let mut registry = Registry::default();
     let metrics = listeners
@@ -165,6 +198,7 @@ pub async fn run(
         ("admin", Some(&listeners.admin)),
         ("metrics", Some(&listeners.metrics)),
         ("user-metrics", listeners.user_metrics.as_ref()),
+        ("serving-tls", listeners.tls.as_ref()),
     ] {
         if let Some(addr) = l.and_then(|l| l.local_addr().ok()) {
             tracing::info!(listener = name, addr = %addr, "listening");
@@ -190,16 +224,36 @@ pub async fn run(
                 shared::telemetry::otlp::Tracer::start(t, side.clone())
             }),
     });
+    // The TLS port serves the same stack (same drainer, breaker and stats), closing with the
+    // plain port after the drain.
+    let serving_opts = ServerOptions {
+        header_read_timeout: config.header_read_timeout,
+        ..ServerOptions::default()
+    };
+    let serving_tls = match (listeners.tls, tls) {
+        (Some(l), Some((store, acceptor))) => {
+            tokio::spawn(store.watch(config.tls.reload_period, side.clone()));
+            Some(tokio::spawn(tls::serve_tls(
+                l,
+                acceptor,
+                svc.clone(),
+                serving_opts.clone(),
+                serving_token.clone(),
+            )))
+        }
+        _ => None,
+    };
     let serving = tokio::spawn(serve(
         listeners.serving,
-        svc,
-        ServerOptions::default(),
+        // h2c via `Upgrade` is for cleartext only (RFC 7540 §3.2); prior knowledge is hyper's.
+        h2c::H2cUpgrade::new(svc),
+        serving_opts.clone(),
         serving_token.clone(),
     ));
 
     let side_opts = ServerOptions {
         http1_only: true,
-        ..ServerOptions::default()
+        ..serving_opts
     };
     let admin_svc = {
         let (drainer, terminating) = (drainer.clone(), terminating.clone());
@@ -249,7 +303,13 @@ pub async fn run(
     // HTTP/1 requests in flight finish (Knative waits without limit; the kubelet's grace period,
     // equal to the revision timeout, bounds it there, so we bound it the same way).
     let limit = config.revision_timeout.max(Duration::from_secs(1));
-    if tokio::time::timeout(limit, serving).await.is_err() {
+    let servers = async {
+        let _ = serving.await;
+        if let Some(t) = serving_tls {
+            let _ = t.await;
+        }
+    };
+    if tokio::time::timeout(limit, servers).await.is_err() {
         tracing::warn!("serving connections still open at the revision timeout");
     }
     // Upgraded connections and h2 streams (Knative's hijack drain).

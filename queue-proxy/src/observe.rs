@@ -204,8 +204,13 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let start = Instant::now();
+        // A dual-stack `[::]` listener reports IPv4 peers as `::ffff:a.b.c.d`; Go unmaps them,
+        // and `X-Forwarded-For` and the request log must carry the plain IPv4 address.
+        if let Some(c) = req.extensions_mut().get_mut::<ConnInfo>() {
+            c.remote.set_ip(c.remote.ip().to_canonical());
+        }
         let in_flight = self.obs.in_flight.enter();
         let probe = headers::is_any_probe(req.headers());
         let metrics = match (&self.obs.metrics, probe) {
@@ -254,6 +259,10 @@ where
                     trace_id: TraceContext::extract(h)
                         .map(|t| t.trace_id_hex())
                         .unwrap_or_default(),
+                    tls: req
+                        .extensions()
+                        .get::<crate::tls::TlsInfo>()
+                        .map(ToString::to_string),
                     ..Default::default()
                 };
                 Some((l.clone(), entry))

@@ -102,6 +102,8 @@ pub struct Entry {
     pub latency: f64,
     /// Trace id.
     pub trace_id: String,
+    /// `.Request.TLS` as printed for a TLS connection (`None` prints `<nil>`).
+    pub tls: Option<String>,
 }
 
 /// The revision fields.
@@ -185,7 +187,7 @@ fn value(f: Field, e: &Entry, r: &Revision) -> String {
         Field::ContentLength => e.content_length.to_string(),
         Field::UserAgent => e.user_agent.clone(),
         Field::Referer => e.referer.clone(),
-        Field::Tls => "<nil>".to_owned(),
+        Field::Tls => e.tls.clone().unwrap_or_else(|| "<nil>".to_owned()),
         Field::Code => e.code.to_string(),
         Field::Size => e.size.to_string(),
         Field::Latency => go_float(e.latency),

@@ -6,9 +6,7 @@
 mod common;
 
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,17 +18,6 @@ use shared::telemetry::otlp::{ExportTraceServiceRequest, Span};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-const BIN: &str = env!("CARGO_BIN_EXE_queue-proxy");
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn collector() -> (SocketAddr, mpsc::UnboundedReceiver<Span>, CancellationToken) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -73,46 +60,13 @@ async fn spans_reach_the_collector_with_knatives_names_and_parentage() {
     let obs = format!(
         r#"{{"tracing":{{"protocol":"http/protobuf","endpoint":"{col}","samplingRate":1}}}}"#
     );
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .envs([
-            ("SERVING_NAMESPACE", "ns"),
-            ("SERVING_CONFIGURATION", ""),
-            ("SERVING_REVISION", "rev"),
-            ("SERVING_POD", "pod-1"),
-            ("SERVING_POD_IP", "127.0.0.1"),
-            ("QUEUE_SERVING_PORT", "0"),
-            ("QUEUE_SERVING_TLS_PORT", "8112"),
-            ("CONTAINER_CONCURRENCY", "1"),
-            ("REVISION_TIMEOUT_SECONDS", "10"),
-            ("QUEUE_ADMIN_PORT", "0"),
-            ("QUEUE_METRICS_PORT", "0"),
-            ("QUEUE_DRAIN_SECONDS", "1"),
-            ("OBSERVABILITY_CONFIG", obs.as_str()),
-        ])
-        .env("USER_PORT", app.addr.port().to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _child = Kill(child);
-    let serving: SocketAddr = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let found = loop {
-            let line = lines.next().expect("a listening line").unwrap();
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if v["message"] == "listening" && v["listener"] == "serving" {
-                let addr: SocketAddr = v["addr"].as_str().unwrap().parse().unwrap();
-                break SocketAddr::from(([127, 0, 0, 1], addr.port()));
-            }
-        };
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        found
-    })
-    .await
-    .unwrap();
+    let qp = start_qp(
+        env(app.addr.port())
+            .set("CONTAINER_CONCURRENCY", "1")
+            .set("OBSERVABILITY_CONFIG", &obs),
+    )
+    .await;
+    let serving = qp.serving;
 
     // A probe first: answered by the queue-proxy, no spans.
     let (s, _, _) = get(

@@ -1,0 +1,464 @@
+//! System-internal TLS on `QUEUE_SERVING_TLS_PORT` (contract §9).
+//!
+//! Enabled only when both `tls.crt` and `tls.key` exist in the certificate directory
+//! (`/var/lib/knative/certs`, where the reconciler mounts Secret `serving-certs`). The pair is
+//! loaded at start-up (a failure is fatal) and re-read every minute; when either file changed it
+//! is re-parsed and swapped atomically, logging Knative's exact line [`RELOADED`]. A reload error
+//! is logged and the old certificate stays. The same certificate answers every ClientHello.
+//!
+//! rustls with the `ring` provider: TLS 1.3 by default (`QUEUE_PROXY_TLS_MIN_VERSION=1.2`
+//! allows 1.2), ALPN `h2` and `http/1.1`, no client authentication.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{CipherSuite, NamedGroup, ServerConfig};
+use shared::http::server::{ConnInfo, ServerOptions};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower::{Service, ServiceExt};
+
+/// Facts about a request's TLS connection, in its extensions (read by the request log).
+#[derive(Clone, Debug)]
+pub struct TlsInfo {
+    /// The negotiated version's code point (`0x0304` = TLS 1.3).
+    pub version: u16,
+    /// The negotiated cipher suite's code point.
+    pub cipher_suite: u16,
+    /// The ALPN protocol, if any.
+    pub alpn: String,
+    /// The SNI server name, if any.
+    pub server_name: String,
+}
+
+impl std::fmt::Display for TlsInfo {
+    /// A brace-enclosed summary in the order of Go's `tls.ConnectionState` fields (Version,
+    /// HandshakeComplete, DidResume, CipherSuite, NegotiatedProtocol, …, ServerName), so a
+    /// template's `{{.Request.TLS}}` starts with `{` as Go's does (`TestTLSRequestLog` greps it).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{{{} true false {} {} true {}}}",
+            self.version, self.cipher_suite, self.alpn, self.server_name
+        )
+    }
+}
+
+/// Where Knative mounts the system-internal certificate (`serving-certs`).
+pub const CERT_DIR: &str = "/var/lib/knative/certs";
+/// How often the certificate files are re-read (Knative's watcher: 1 min).
+pub const RELOAD_PERIOD: Duration = Duration::from_secs(60);
+/// Knative's log line on a reload; `TestTLSCertificateRotation` greps for it.
+pub const RELOADED: &str = "Certificate and/or key have changed on disk and were reloaded.";
+
+/// A TLS version bound (`QUEUE_PROXY_TLS_{MIN,MAX}_VERSION`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Version {
+    /// `"1.2"`.
+    Tls12,
+    /// `"1.3"`.
+    Tls13,
+}
+
+/// The TLS listener's settings from the environment.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    /// Directory holding `tls.crt` and `tls.key` ([`CERT_DIR`]; ours: `QUEUE_TLS_CERT_DIR`).
+    pub cert_dir: PathBuf,
+    /// How often the files are re-read ([`RELOAD_PERIOD`]; ours: `QUEUE_TLS_RELOAD_SECONDS`).
+    pub reload_period: Duration,
+    /// Lowest version offered; Knative's default is TLS 1.3.
+    pub min_version: Version,
+    /// Highest version offered.
+    pub max_version: Version,
+    /// TLS 1.2 suites allowed (`QUEUE_PROXY_TLS_CIPHER_SUITES`); empty = the provider's default.
+    /// TLS 1.3 suites are not configurable (as in Go).
+    pub cipher_suites: Vec<CipherSuite>,
+    /// Key-exchange groups in preference order (`QUEUE_PROXY_TLS_CURVE_PREFERENCES`); empty =
+    /// the provider's default.
+    pub curves: Vec<NamedGroup>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_dir: PathBuf::from(CERT_DIR),
+            reload_period: RELOAD_PERIOD,
+            min_version: Version::Tls13,
+            max_version: Version::Tls13,
+            cipher_suites: Vec::new(),
+            curves: Vec::new(),
+        }
+    }
+}
+
+/// Parses `"1.2"`/`"1.3"`; empty means `default`.
+///
+/// # Errors
+/// Any other value.
+pub fn parse_version(v: &str, default: Version) -> Result<Version, String> {
+    match v {
+        "" => Ok(default),
+        "1.2" => Ok(Version::Tls12),
+        "1.3" => Ok(Version::Tls13),
+        other => Err(format!("unsupported TLS version {other:?}")),
+    }
+}
+
+fn provider() -> CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// Parses Go/IANA cipher-suite names into the TLS 1.2 suites this build supports.
+///
+/// # Errors
+/// A name this build does not support (rustls implements only the ECDHE + AEAD suites; Go's CBC
+/// and RSA-key-exchange suites are refused rather than silently dropped).
+pub fn parse_cipher_suites(csv: &str) -> Result<Vec<CipherSuite>, String> {
+    let supported: Vec<CipherSuite> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
+    names(csv)
+        .map(|name| {
+            // Go also accepts the CHACHA20 suites without the `_SHA256` suffix.
+            let iana = if name.ends_with("_CHACHA20_POLY1305") {
+                format!("{name}_SHA256")
+            } else {
+                name.to_owned()
+            };
+            supported
+                .iter()
+                .copied()
+                .find(|s| format!("{s:?}") == iana)
+                .ok_or_else(|| format!("unsupported cipher suite {name:?}"))
+        })
+        .collect()
+}
+
+/// Parses Go curve names; groups Go knows but this build lacks (`P-521`, `X25519MLKEM768`)
+/// are skipped with a warning, as they only narrow the preference list.
+///
+/// # Errors
+/// A name Go does not know either.
+pub fn parse_curves(csv: &str) -> Result<Vec<NamedGroup>, String> {
+    let mut out = Vec::new();
+    for name in names(csv) {
+        match name {
+            "X25519" => out.push(NamedGroup::X25519),
+            "CurveP256" | "P-256" => out.push(NamedGroup::secp256r1),
+            "CurveP384" | "P-384" => out.push(NamedGroup::secp384r1),
+            "CurveP521" | "P-521" | "X25519MLKEM768" => {
+                tracing::warn!(curve = name, "curve not supported by this build; skipped");
+            }
+            other => return Err(format!("unknown curve {other:?}")),
+        }
+    }
+    Ok(out)
+}
+
+fn names(csv: &str) -> impl Iterator<Item = &str> {
+    csv.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// TLS start-up and reload failures.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// Reading a certificate file failed for a reason other than "does not exist".
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The PEM certificate chain or key could not be parsed.
+    #[error("parsing {path}: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// rustls refused the configuration (versions, suites or groups left nothing usable).
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// True if both `tls.crt` and `tls.key` exist in `dir` (Knative's condition for serving TLS).
+///
+/// # Errors
+/// A stat error other than "does not exist" (fatal in Knative too).
+pub fn enabled(dir: &Path) -> Result<bool, TlsError> {
+    let exists = |name: &str| {
+        let path = dir.join(name);
+        match std::fs::metadata(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(TlsError::Read { path, source }),
+        }
+    };
+    Ok(exists("tls.crt")? && exists("tls.key")?)
+}
+
+// === impl CertStore ===
+
+/// The served certificate, swapped atomically on reload.
+#[derive(Debug)]
+pub struct CertStore {
+    dir: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+    /// The file contents `current` was built from, to detect changes (Knative compares SHA-256
+    /// hashes of the same bytes).
+    files: Mutex<(Vec<u8>, Vec<u8>)>,
+}
+
+impl CertStore {
+    /// Loads `tls.crt` and `tls.key` from `dir`.
+    ///
+    /// # Errors
+    /// Unreadable or unparsable files.
+    pub fn load(dir: &Path, provider: Arc<CryptoProvider>) -> Result<Self, TlsError> {
+        let files = read_pair(dir)?;
+        let key = certified_key(dir, &files, &provider)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            provider,
+            current: RwLock::new(Arc::new(key)),
+            files: Mutex::new(files),
+        })
+    }
+
+    /// Re-reads the files; if either changed, parses and swaps the pair. Returns whether it
+    /// swapped.
+    ///
+    /// # Errors
+    /// Unreadable or unparsable files; the old certificate stays.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let files = read_pair(&self.dir)?;
+        let mut last = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        if *last == files {
+            return Ok(false);
+        }
+        let key = certified_key(&self.dir, &files, &self.provider)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
+        *last = files;
+        Ok(true)
+    }
+
+    /// Reloads every `period` until `shutdown`.
+    pub async fn watch(self: Arc<Self>, period: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.reload() {
+                Ok(true) => tracing::info!("{RELOADED}"),
+                Ok(false) => {}
+                Err(error) => tracing::error!(error = %error, "failed to reload certificate"),
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+fn read_pair(dir: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|source| TlsError::Read { path, source })
+    };
+    Ok((read("tls.crt")?, read("tls.key")?))
+}
+
+fn certified_key(
+    dir: &Path,
+    (crt, key): &(Vec<u8>, Vec<u8>),
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
+    let parse = |name: &str, reason: String| TlsError::Parse {
+        path: dir.join(name),
+        reason,
+    };
+    let chain = CertificateDer::pem_slice_iter(crt)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| parse("tls.crt", e.to_string()))?;
+    if chain.is_empty() {
+        return Err(parse("tls.crt", "no certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| parse("tls.key", e.to_string()))?;
+    CertifiedKey::from_der(chain, key, provider).map_err(|e| parse("tls.key", e.to_string()))
+}
+
+/// The rustls server configuration for `cfg`, serving the certificate in `store`.
+///
+/// # Errors
+/// Settings that leave no usable version, suite or group.
+pub fn server_config(cfg: &TlsConfig, store: Arc<CertStore>) -> Result<ServerConfig, TlsError> {
+    let provider = store.provider.clone();
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
+        (Version::Tls12, &rustls::version::TLS12),
+        (Version::Tls13, &rustls::version::TLS13),
+    ]
+    .into_iter()
+    .filter(|(v, _)| (cfg.min_version..=cfg.max_version).contains(v))
+    .map(|(_, p)| p)
+    .collect();
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&versions)?
+        .with_no_client_auth()
+        .with_cert_resolver(store);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The crypto provider narrowed to `cfg`'s suites and groups.
+pub fn provider_for(cfg: &TlsConfig) -> CryptoProvider {
+    let mut p = provider();
+    if !cfg.cipher_suites.is_empty() {
+        p.cipher_suites.retain(|s| {
+            s.version() == &rustls::version::TLS13 || cfg.cipher_suites.contains(&s.suite())
+        });
+    }
+    if !cfg.curves.is_empty() {
+        let all = std::mem::take(&mut p.kx_groups);
+        p.kx_groups = cfg
+            .curves
+            .iter()
+            .filter_map(|c| all.iter().find(|g| g.name() == *c).copied())
+            .collect();
+    }
+    p
+}
+
+/// Serves `svc` over TLS on `listener` until `shutdown`, then waits for open connections as
+/// [`shared::http::server::serve`] does. The handshake is bounded by the header-read timeout.
+pub async fn serve_tls<S, B>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    svc: S,
+    opts: ServerOptions,
+    shutdown: CancellationToken,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .max_buf_size(opts.max_header_bytes.max(8192))
+        .max_headers(opts.max_headers);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let local = listener.local_addr().ok();
+    let graceful = Arc::new(GracefulShutdown::new());
+    let handshakes = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, remote) = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!(error = %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let info = ConnInfo {
+            remote,
+            local: local.unwrap_or(remote),
+        };
+        let (svc, acceptor, builder, graceful) = (
+            svc.clone(),
+            acceptor.clone(),
+            builder.clone(),
+            graceful.clone(),
+        );
+        let limit = opts.header_read_timeout;
+        // The handshake runs off the accept loop so a slow client cannot stall it.
+        handshakes.spawn(async move {
+            let tls = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(error = %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("TLS handshake timed out");
+                    return;
+                }
+            };
+            let (_, conn) = tls.get_ref();
+            let tls_info = TlsInfo {
+                version: conn.protocol_version().map_or(0, u16::from),
+                cipher_suite: conn
+                    .negotiated_cipher_suite()
+                    .map_or(0, |s| u16::from(s.suite())),
+                alpn: conn
+                    .alpn_protocol()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .unwrap_or_default(),
+                server_name: conn.server_name().unwrap_or_default().to_owned(),
+            };
+            let hsvc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(info);
+                req.extensions_mut().insert(tls_info.clone());
+                svc.clone().oneshot(req)
+            });
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), hsvc)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(error) = conn.await {
+                    tracing::debug!(error = %error, "TLS connection ended with error");
+                }
+            });
+        });
+    }
+    drop(listener);
+    handshakes.close();
+    handshakes.wait().await;
+    match Arc::try_unwrap(graceful) {
+        Ok(g) => g.shutdown().await,
+        Err(_) => tracing::debug!("TLS connections still starting at shutdown"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

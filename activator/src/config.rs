@@ -67,9 +67,13 @@ pub struct ServeArgs {
     /// Most bytes pinned by held requests, all revisions together (head + 2 KiB each).
     #[arg(long, env = "ACTIVATOR_MAX_QUEUED_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_queued_bytes: usize,
-    /// Log level override (else info).
+    /// Log level override (wins over `config-logging`; else info).
     #[arg(long, env = "ACTIVATOR_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Knative's `config-logging`: a mounted ConfigMap directory or a ConfigMap YAML file
+    /// (`zap-logger-config`, `loglevel.activator`), read at start-up.
+    #[arg(long, env = "ACTIVATOR_CONFIG_LOGGING")]
+    pub config_logging: Option<PathBuf>,
 }
 
 /// Where the control plane comes from.
@@ -125,6 +129,8 @@ pub struct Config {
     pub max_queued_bytes: usize,
     /// Log level override.
     pub log_level: Option<String>,
+    /// `config-logging` (empty when not given).
+    pub logging: crate::logging::LoggingConfig,
 }
 
 impl Config {
@@ -148,6 +154,7 @@ impl Config {
             max_queued_requests: 10_000,
             max_queued_bytes: 64 * 1024 * 1024,
             log_level: None,
+            logging: crate::logging::LoggingConfig::default(),
         }
     }
 }
@@ -320,6 +327,11 @@ impl TryFrom<ServeArgs> for Config {
             max_queued_requests: a.max_queued_requests,
             max_queued_bytes: a.max_queued_bytes,
             log_level: a.log_level,
+            logging: match &a.config_logging {
+                Some(p) => crate::logging::LoggingConfig::read(p)
+                    .map_err(|e| bad("ACTIVATOR_CONFIG_LOGGING", e.to_string()))?,
+                None => crate::logging::LoggingConfig::default(),
+            },
         })
     }
 }
@@ -333,7 +345,13 @@ pub fn main(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let level = shared::telemetry::log::resolve_level(config.log_level.as_deref(), None);
+    let level = shared::telemetry::log::resolve_level(
+        config
+            .log_level
+            .as_deref()
+            .or(config.logging.level.as_deref()),
+        config.logging.zap_logger_config.as_deref(),
+    );
     shared::telemetry::log::init(
         shared::telemetry::log::LogFormat::Zap(shared::telemetry::log::ZapFormat {
             logger: "activator".into(),
@@ -379,6 +397,7 @@ mod tests {
             max_queued_requests: 10,
             max_queued_bytes: 10,
             log_level: None,
+            config_logging: None,
         }
     }
 
@@ -392,6 +411,15 @@ mod tests {
         assert_eq!(c.probe_timeout, Duration::from_millis(300));
         assert_eq!(c.drain_delay, Duration::from_secs(45));
         assert_eq!(c.source, Some(SourceSpec::File("/x.yaml".into())));
+    }
+
+    #[test]
+    fn config_logging_is_read_and_named_in_errors() {
+        let mut a = args();
+        a.config_logging = Some("/nonexistent/config-logging".into());
+        let e = Config::try_from(a).unwrap_err();
+        assert_eq!(e.name, "ACTIVATOR_CONFIG_LOGGING");
+        assert!(e.to_string().contains("/nonexistent/config-logging"), "{e}");
     }
 
     #[test]

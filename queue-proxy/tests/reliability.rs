@@ -554,3 +554,234 @@ async fn s18_ambiguous_framing_gets_400_with_nothing_forwarded() {
     );
     qp.assert_no_panic();
 }
+
+// === 2. Long request across TERM ===
+
+/// A 3 s request (the plan's 12 s, shortened), SIGTERM 0.5 s in: 200 with the full body, and
+/// the process stays up until it is done, then exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s02_long_request_across_term_completes() {
+    let stub = stub::start(LONG).await;
+    let mut qp = proc::spawn(proc::env(stub.addr.port()));
+    let url = format!("http://{}/sleep?ms=3000", qp.serving);
+    let long = tokio::spawn(async move { send(&h1(), "GET", url, Bytes::new(), LONG).await });
+    eventually("request at the upstream", DEADLINE, async || {
+        stub.now() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    qp.signal("TERM");
+    assert_eq!(
+        long.await.unwrap().unwrap(),
+        (StatusCode::OK, Bytes::from("slept"))
+    );
+    assert_eq!(qp.wait_exit(DEADLINE).code(), Some(0));
+    assert_eq!(stub.requests(), 1);
+    qp.assert_no_panic();
+}
+
+// === 3. Bodies still streaming at TERM ===
+
+/// Fifty 16 KiB responses (25 over h1, 25 as h2c streams on one connection) have their heads
+/// but not their bodies when SIGTERM arrives: every body arrives complete and byte-exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s03_bodies_streaming_at_term_arrive_whole() {
+    let stub = stub::start(LONG).await;
+    let mut qp = proc::spawn(proc::env(stub.addr.port()));
+    let (h1c, h2c) = (h1(), h2c());
+    let headers = Arc::new(AtomicUsize::new(0));
+    let mut streams = Vec::new();
+    for i in 0..50 {
+        let client = if i % 2 == 0 { h1c.clone() } else { h2c.clone() };
+        let url = format!("http://{}/stream?chunks=16&size=1024&ms=100", qp.serving);
+        let headers = headers.clone();
+        streams.push(tokio::spawn(async move {
+            let req = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+            let resp = tokio::time::timeout(DEADLINE, client.request(req))
+                .await
+                .expect("head in time")
+                .expect("head");
+            assert_eq!(resp.status(), StatusCode::OK);
+            headers.fetch_add(1, Ordering::SeqCst);
+            tokio::time::timeout(DEADLINE, resp.into_body().collect())
+                .await
+                .expect("body in time")
+                .map(|b| b.to_bytes())
+        }));
+    }
+    eventually("50 heads received", DEADLINE, async || {
+        headers.load(Ordering::SeqCst) == 50
+    })
+    .await;
+    qp.signal("TERM");
+    for s in streams {
+        let body = s.await.unwrap().expect("complete body");
+        assert_eq!(body, Bytes::from(vec![b'x'; 16 * 1024]));
+    }
+    assert_eq!(qp.wait_exit(DEADLINE).code(), Some(0));
+    assert_eq!(stub.requests(), 50);
+    qp.assert_no_panic();
+}
+
+// === 6. SIGKILL and immediate restart on the same ports ===
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// SIGKILL with open client connections, then an immediate restart on the same four ports:
+/// it binds at once, and readiness stays 503 until the user container listens (no 200 before
+/// the upstream is ready).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s06_sigkill_and_restart_binds_the_same_ports() {
+    let user_port = free_port();
+    let mut env = proc::env(user_port);
+    for key in [
+        "QUEUE_SERVING_PORT",
+        "QUEUE_ADMIN_PORT",
+        "QUEUE_METRICS_PORT",
+        "QUEUE_USER_METRICS_PORT",
+    ] {
+        proc::set(&mut env, key, &free_port().to_string());
+    }
+    proc::set(
+        &mut env,
+        "SERVING_READINESS_PROBE",
+        &format!(
+            r#"{{"tcpSocket":{{"port":{user_port},"host":"127.0.0.1"}},"successThreshold":1,"failureThreshold":1,"periodSeconds":1,"timeoutSeconds":1}}"#
+        ),
+    );
+    let stub = stub::start_on(
+        tokio::net::TcpListener::bind(("127.0.0.1", user_port))
+            .await
+            .unwrap(),
+        LONG,
+    );
+    let mut first = proc::spawn(env.clone());
+    let serving = first.serving;
+    eventually("first instance ready", DEADLINE, async || {
+        probe(serving).await == StatusCode::OK
+    })
+    .await;
+    // Connections open at kill time leave sockets behind on the server side.
+    let client = h1();
+    let url = format!("http://{serving}/sleep?ms=5000");
+    let pending = tokio::spawn({
+        let client = client.clone();
+        async move { send(&client, "GET", url, Bytes::new(), DEADLINE).await }
+    });
+    eventually("request in flight", DEADLINE, async || stub.now() == 1).await;
+    first.signal("KILL");
+    first.wait_exit(DEADLINE);
+    assert!(pending.await.unwrap().is_err(), "the killed request fails");
+    // The user container is "restarting" too: nothing listens on its port.
+    drop(stub);
+    let second = proc::spawn(env);
+    assert_eq!(second.serving, serving, "same port");
+    // No 200 before the upstream is ready.
+    for _ in 0..5 {
+        assert_eq!(probe(serving).await, StatusCode::SERVICE_UNAVAILABLE);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stub = stub::start_on(
+        tokio::net::TcpListener::bind(("127.0.0.1", user_port))
+            .await
+            .unwrap(),
+        LONG,
+    );
+    eventually("ready once the app listens", DEADLINE, async || {
+        probe(serving).await == StatusCode::OK
+    })
+    .await;
+    assert_eq!(get(serving, "/").await.0, StatusCode::OK);
+    assert_eq!(stub.requests(), 1);
+    second.assert_no_panic();
+}
+
+// === 20. Large and slow bodies ===
+
+/// A 64 MiB upload and a 64 MiB download read slowly stream through with backpressure: the
+/// bytes arrive exact and RSS stays within 32 MiB of baseline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s20_large_bodies_stream_with_bounded_memory() {
+    const MIB: usize = 1024 * 1024;
+    let stub = stub::start(LONG).await;
+    let qp = proc::spawn(proc::env(stub.addr.port()));
+    assert_eq!(get(qp.serving, "/").await.0, StatusCode::OK);
+    let rss0 = qp.rss_kib();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(rss0));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done, pid) = (peak.clone(), done.clone(), qp.pid());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                    let rss = s
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                        .unwrap_or(0);
+                    peak.fetch_max(rss, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    // Upload: a streamed chunked body of 64 × 1 MiB; the stub counts what it read.
+    let (mut tx, body) =
+        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(4);
+    let upload_client: Client<HttpConnector, _> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::post(format!("http://{}/upload", qp.serving))
+        .body(body)
+        .unwrap();
+    let resp = tokio::spawn(async move { upload_client.request(req).await });
+    for _ in 0..64 {
+        tx.send_data(Bytes::from(vec![b'u'; MIB])).await.unwrap();
+    }
+    drop(tx);
+    let resp = tokio::time::timeout(LONG, resp)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, format!("ok {}", 64 * MIB));
+    // Download: 64 MiB, read in pauses so the queue-proxy must hold back the upstream.
+    let req = Request::get(format!(
+        "http://{}/stream?chunks=1024&size=65536&ms=0",
+        qp.serving
+    ))
+    .body(Full::new(Bytes::new()))
+    .unwrap();
+    let resp = h1().request(req).await.unwrap();
+    let mut body = resp.into_body();
+    let (mut n, mut frames) = (0usize, 0usize);
+    while let Some(f) = body.frame().await {
+        let f = f.unwrap();
+        if let Some(d) = f.data_ref() {
+            assert!(d.iter().all(|b| *b == b'x'));
+            n += d.len();
+        }
+        frames += 1;
+        if frames % 64 == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(n, 64 * MIB);
+    done.store(true, Ordering::SeqCst);
+    sampler.join().unwrap();
+    let peak = peak.load(Ordering::SeqCst);
+    eprintln!("s20: RSS {rss0} KiB → peak {peak} KiB while streaming 2 × 64 MiB");
+    assert!(
+        peak < rss0 + 32 * 1024,
+        "RSS peaked at {peak} KiB from a {rss0} KiB baseline"
+    );
+    assert_eq!(stub.requests(), 3);
+    qp.assert_no_panic();
+}

@@ -49,10 +49,18 @@ pub struct Seen {
 }
 
 /// A running stub.
+/// A running stub; dropping it closes the listener (open connections finish).
 pub struct Stub {
     pub addr: SocketAddr,
     pub seen: Arc<Seen>,
     gate: watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Stub {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
 }
 
 impl Stub {
@@ -190,7 +198,7 @@ pub fn start_on(l: TcpListener, keep_alive: Duration) -> Stub {
     let seen = Arc::new(Seen::default());
     let (gate, rx) = watch::channel(false);
     let s = seen.clone();
-    tokio::spawn(async move {
+    let accept = tokio::spawn(async move {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new());
         builder.http2().timer(TokioTimer::new());
@@ -237,5 +245,10 @@ pub fn start_on(l: TcpListener, keep_alive: Duration) -> Stub {
             });
         }
     });
-    Stub { addr, seen, gate }
+    Stub {
+        addr,
+        seen,
+        gate,
+        accept,
+    }
 }

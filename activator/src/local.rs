@@ -137,8 +137,26 @@ struct Revision {
 
 fn load(path: &Path, cfg: &autoscaler::Config, domain: &str) -> Result<Revision, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse(path, &text, cfg, domain)
+}
+
+/// Checks a Service YAML the way `activator local` loads it (default `config-autoscaler`,
+/// domain `cluster.local`), without starting anything. The fuzz target's entry point.
+///
+/// # Errors
+/// The message `activator local` would print, naming the file and field.
+pub fn check_service(path: &Path, text: &str) -> Result<(), String> {
+    parse(path, text, &autoscaler::Config::default(), "cluster.local").map(|_| ())
+}
+
+fn parse(
+    path: &Path,
+    text: &str,
+    cfg: &autoscaler::Config,
+    domain: &str,
+) -> Result<Revision, String> {
     let svc: ServiceYaml =
-        serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_yaml_ng::from_str(text).map_err(|e| format!("{}: {e}", path.display()))?;
     let p = path.display();
     if svc.metadata.name.is_empty() {
         return Err(format!("{p}: metadata.name is required"));

@@ -9,6 +9,9 @@
 //! - `/crash`: reads the request, then closes the connection without a response.
 //! - anything else: reads the whole body and answers `ok <bytes read>`.
 //!
+//! A request with `K-Network-Probe: queue` (the activator's pod probe) gets `200 queue`, as a
+//! queue-proxy would answer, and is counted apart from requests.
+//!
 //! Connections idle for longer than the keep-alive timeout are closed by the stub, like Go's
 //! `IdleTimeout` or Node's `keepAliveTimeout` (the stale keep-alive race, scenario 14).
 #![allow(dead_code, clippy::unwrap_used)]
@@ -46,6 +49,8 @@ pub struct Seen {
     pub connections: AtomicUsize,
     /// Request body bytes read.
     pub body_bytes: AtomicUsize,
+    /// Activator readiness probes answered (not counted in `requests`).
+    pub probes: AtomicUsize,
 }
 
 /// A running stub.
@@ -116,6 +121,14 @@ async fn handle(
     seen: Arc<Seen>,
     mut gate: watch::Receiver<bool>,
 ) -> Result<Response<Body>, std::io::Error> {
+    if req
+        .headers()
+        .get("k-network-probe")
+        .is_some_and(|v| v == "queue")
+    {
+        seen.probes.fetch_add(1, Ordering::SeqCst);
+        return Ok(Response::new(full("queue")));
+    }
     seen.requests.fetch_add(1, Ordering::SeqCst);
     let n = seen.now.fetch_add(1, Ordering::SeqCst) + 1;
     seen.max.fetch_max(n, Ordering::SeqCst);

@@ -140,6 +140,11 @@ impl Tracker {
                     };
                     self.buf.extend_from_slice(&data[..=end]);
                     data = &data[end + 1..];
+                    if self.buf.len() > MAX_LINE {
+                        // Same answer however the line was split across reads.
+                        self.state = State::Passthrough;
+                        return None;
+                    }
                     let line = std::mem::take(&mut self.buf);
                     self.state = match self.state {
                         State::ChunkSize => match httparse::parse_chunk_size(&line) {
@@ -168,6 +173,11 @@ impl Tracker {
         let mut headers = vec![httparse::EMPTY_HEADER; self.max_headers];
         let mut req = httparse::Request::new(&mut headers);
         let parsed = match req.parse(&self.buf) {
+            // hyper answers 431 to a head over the limit, however it arrived.
+            Ok(httparse::Status::Complete(n)) if n > self.max_head => {
+                self.state = State::Passthrough;
+                return None;
+            }
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => {
                 if self.buf.len() > self.max_head {

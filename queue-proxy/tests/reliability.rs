@@ -785,3 +785,52 @@ async fn s20_large_bodies_stream_with_bounded_memory() {
     assert_eq!(stub.requests(), 3);
     qp.assert_no_panic();
 }
+
+// === 4. Upgraded WebSocket at TERM ===
+
+/// A WebSocket session open at SIGTERM keeps exchanging frames after the serving listener has
+/// closed (new connections are refused by then); when the client closes it, the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s04_websocket_across_term_keeps_working_until_closed() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    let stub = stub::start(LONG).await;
+    let mut qp = proc::spawn(proc::env(stub.addr.port()));
+    let (mut ws, resp) = tokio::time::timeout(
+        DEADLINE,
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", qp.serving)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let echo = async |ws: &mut tokio_tungstenite::WebSocketStream<_>, m: &str| {
+        ws.send(Ws::text(m)).await.unwrap();
+        let got = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("echo in time")
+            .expect("socket open")
+            .expect("frame");
+        assert_eq!(got.into_text().unwrap().as_str(), m);
+    };
+    echo(&mut ws, "before").await;
+    qp.signal("TERM");
+    // The quiet period (1 s) passes and the serving listener closes; the tunnel stays up.
+    let serving = qp.serving;
+    eventually("serving listener closed", DEADLINE, async || {
+        tokio::net::TcpStream::connect(serving).await.is_err()
+    })
+    .await;
+    for i in 0..5 {
+        echo(&mut ws, &format!("after {i}")).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        qp.child.try_wait().unwrap().is_none(),
+        "waits for the tunnel"
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    assert_eq!(qp.wait_exit(DEADLINE).code(), Some(0));
+    qp.assert_no_panic();
+}

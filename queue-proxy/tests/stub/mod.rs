@@ -7,6 +7,7 @@
 //! - `/abort?after=B`: announces `Content-Length: 1000`, sends B bytes, then dies (crash
 //!   mid-body).
 //! - `/crash`: reads the request, then closes the connection without a response.
+//! - `/ws`: a WebSocket echo (text and binary frames).
 //! - anything else: reads the whole body and answers `ok <bytes read>`.
 //!
 //! A request with `K-Network-Probe: queue` (the activator's pod probe) gets `200 queue`, as a
@@ -181,6 +182,7 @@ async fn handle(
                 .body(BodyExt::boxed(StreamBody::new(frames)))
                 .unwrap())
         }
+        "/ws" => Ok(websocket_echo(req)),
         "/crash" => {
             let _ = req.into_body().collect().await;
             // A service error makes hyper drop the connection without writing a response.
@@ -197,6 +199,44 @@ async fn handle(
             Ok(Response::new(full(format!("ok {}", body.len()))))
         }
     }
+}
+
+fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| derive_accept_key(k.as_bytes()))
+        .unwrap_or_default();
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(up) = on.await {
+            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(up),
+                Role::Server,
+                None,
+            )
+            .await;
+            while let Some(Ok(m)) = ws.next().await {
+                if m.is_text() || m.is_binary() {
+                    if ws.send(m).await.is_err() {
+                        break;
+                    }
+                } else if m.is_close() {
+                    break;
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(http::StatusCode::SWITCHING_PROTOCOLS)
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-accept", key)
+        .body(full(""))
+        .unwrap()
 }
 
 /// Starts a stub on `127.0.0.1:0` whose idle connections close after `keep_alive`.

@@ -834,3 +834,48 @@ async fn s04_websocket_across_term_keeps_working_until_closed() {
     assert_eq!(qp.wait_exit(DEADLINE).code(), Some(0));
     qp.assert_no_panic();
 }
+
+// === 10. Client cancels while queued ===
+
+/// At CC = 1, a request queued behind a held one is abandoned by its client: it never reaches
+/// the upstream, its slot is freed, and the gauges settle at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s10_cancelled_while_queued_never_reaches_the_upstream() {
+    let stub = stub::start(LONG).await;
+    let mut env = proc::env(stub.addr.port());
+    proc::set(&mut env, "CONTAINER_CONCURRENCY", "1");
+    let qp = proc::spawn(env);
+    let url = format!("http://{}/hold", qp.serving);
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move { send(&h1(), "GET", url, Bytes::new(), LONG).await }
+    });
+    eventually("first request at the upstream", DEADLINE, async || {
+        stub.now() == 1
+    })
+    .await;
+    let second = tokio::spawn(async move { send(&h1(), "GET", url, Bytes::new(), LONG).await });
+    eventually("second request queued", DEADLINE, async || {
+        queue_depth(&qp).await == 2.0
+    })
+    .await;
+    second.abort();
+    let _ = second.await;
+    eventually(
+        "the abandoned request left the queue",
+        DEADLINE,
+        async || queue_depth(&qp).await == 1.0,
+    )
+    .await;
+    stub.release();
+    assert_eq!(first.await.unwrap().unwrap().0, StatusCode::OK);
+    assert_eq!(
+        stub.requests(),
+        1,
+        "the cancelled request never reached the upstream"
+    );
+    assert_eq!(get(qp.serving, "/").await.0, StatusCode::OK);
+    assert_eq!(stub.requests(), 2);
+    assert_gauges_settle(&qp).await;
+    qp.assert_no_panic();
+}

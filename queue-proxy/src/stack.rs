@@ -567,18 +567,46 @@ where
         }
         // Reserve synchronously so a full queue answers without a task hop.
         let slot = breaker.reserve();
-        if let Some(d) = &self.depth {
-            d.set(i64::try_from(breaker.in_flight()).unwrap_or(i64::MAX));
-        }
+        let depth = DepthSync {
+            gauge: self.depth.clone(),
+            breaker,
+        };
+        depth.sync();
         let mut inner = take(&mut self.inner);
         Box::pin(async move {
+            // `depth` is declared before the permit, so it drops after it (cancelled or failed
+            // requests) and re-reads the occupancy once the slot is free.
+            let depth = depth;
             let permit = slot?.acquire().await;
             if let Some(a) = req.extensions().get::<crate::trace::Admitted>() {
                 a.mark();
             }
             let resp = inner.call(req).await?;
-            Ok(hold(resp, permit))
+            // A tuple drops its fields in order: the permit first, then the gauge update.
+            Ok(hold(resp, (permit, depth)))
         })
+    }
+}
+
+/// Keeps `kn_serving_queue_depth` equal to the breaker's occupancy: synced on admission and
+/// again when dropped, after the request released its slot (Knative reads `InFlight()` at
+/// collection time, so the gauge falls back to 0 when the queue empties).
+struct DepthSync {
+    gauge: Option<prometheus_client::metrics::gauge::Gauge>,
+    breaker: Arc<Breaker>,
+}
+
+impl DepthSync {
+    fn sync(&self) {
+        if let Some(g) = &self.gauge {
+            g.set(i64::try_from(self.breaker.in_flight()).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+impl Drop for DepthSync {
+    fn drop(&mut self) {
+        self.sync();
     }
 }
 

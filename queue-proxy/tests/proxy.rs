@@ -374,13 +374,14 @@ async fn oversized_headers_get_431_and_ambiguous_framing_400_with_nothing_forwar
         0,
         "nothing forwarded"
     );
-    // CL + TE: hyper frames by chunked (RFC 9112 §6.3), drops Content-Length and closes the
-    // connection after the response, so a smuggled second request can never be read.
+    // CL + TE: 400 before any layer runs (`shared::http::framing`), and the connection closes,
+    // so a smuggled second request can never be read.
     let r = raw(
         qp.serving,
         b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
     )
     .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     assert!(r.contains("connection: close"), "{r}");
     assert_eq!(
         r.matches("HTTP/1.1 ").count(),

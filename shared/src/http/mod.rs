@@ -1,6 +1,7 @@
 //! HTTP plumbing shared by both proxies.
 
 pub mod body;
+pub mod framing;
 pub mod headers;
 pub mod proxy;
 pub mod response;

@@ -38,10 +38,18 @@
 //!   `Via` or `X-Forwarded-Proto`.
 //!
 //! # Retries
-//! Only what hyper-util's pool does: a request that was handed to a pooled connection which
-//! turned out to be closed before the request was written is retried on a fresh connection
-//! (`retry_canceled_requests`). Nothing else is retried here; callers decide with
-//! [`ProxyError::nothing_sent`].
+//! - hyper-util's pool: a request handed to a pooled connection which turned out to be closed
+//!   before the request was written is retried on a fresh connection
+//!   (`retry_canceled_requests`).
+//! - The stale keep-alive race (knative/serving#12414): the app closes an idle connection just
+//!   as we write a request on it, and the write "succeeds" into a dying socket. Go's transport
+//!   replays such a request when it is replayable (`GET`/`HEAD`/`OPTIONS`/`TRACE` without a
+//!   body); so do we, once, when the connection closed or reset before any response byte.
+//!   Go only replays on a *reused* connection; hyper-util does not tell us whether it was, so a
+//!   bodiless `GET` whose fresh connection dies before the response head is also sent twice.
+//!   Such requests are idempotent by definition (RFC 9110 §9.2.2).
+//!
+//! Nothing else is retried here; callers decide with [`ProxyError::nothing_sent`].
 //!
 //! # Errors after headers
 //! A failure while streaming the body surfaces as an error from the body; hyper then aborts the
@@ -145,8 +153,8 @@ impl tower::Service<Uri> for FixedConnector {
 /// Pooled clients to one upstream address (HTTP/1.1 and h2c prior knowledge).
 #[derive(Debug)]
 pub struct Upstream<B = Incoming> {
-    h1: Client<FixedConnector, B>,
-    h2: Client<FixedConnector, B>,
+    h1: Client<FixedConnector, ForwardBody<B>>,
+    h2: Client<FixedConnector, ForwardBody<B>>,
     target: SocketAddr,
     /// `host:port` of the target, used when the request names no authority (HTTP/1.0).
     target_authority: Authority,
@@ -256,11 +264,11 @@ where
         } else {
             None
         };
-        let send = if inbound_h2 {
+        let client = if inbound_h2 {
             *req.version_mut() = Version::HTTP_2;
             // :authority carries the host; a Host header next to it is not sent by Go either.
             req.headers_mut().remove(HOST);
-            self.h2.request(req)
+            &self.h2
         } else {
             *req.version_mut() = Version::HTTP_11;
             if !req.headers().contains_key(HOST)
@@ -268,11 +276,22 @@ where
             {
                 req.headers_mut().insert(HOST, v);
             }
-            self.h1.request(req)
+            &self.h1
         };
-        let mut resp = send
-            .await
-            .map_err(|e| ProxyError::from_client(e, self.target))?;
+        let replay = (!upgrade && is_replayable(&req)).then(|| bodiless_copy(&req));
+        let mut resp = match client.request(req.map(ForwardBody::Inner)).await {
+            Ok(resp) => resp,
+            Err(e) => match replay {
+                Some(again) if died_before_response(&e) => {
+                    tracing::debug!(error = %e, "upstream connection closed under a replayable request; retrying once");
+                    client
+                        .request(again)
+                        .await
+                        .map_err(|e| ProxyError::from_client(e, self.target))?
+                }
+                _ => return Err(ProxyError::from_client(e, self.target)),
+            },
+        };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
                 return Err(ProxyError::UnexpectedUpgrade);
@@ -313,6 +332,96 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move { this.forward(req).await.map_err(Into::into) })
+    }
+}
+
+// === replay (stale keep-alive) ===
+
+/// Go's `Request.isReplayable`: an idempotent method without a body (or an idempotency key,
+/// which we do not honour: it would allow replaying bodies we have already streamed away).
+fn is_replayable<B: Body>(req: &Request<B>) -> bool {
+    matches!(
+        *req.method(),
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
+    ) && req.body().is_end_stream()
+}
+
+fn bodiless_copy<B>(req: &Request<B>) -> Request<ForwardBody<B>> {
+    let mut copy = Request::new(ForwardBody::Empty);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    copy
+}
+
+/// The connection closed or was reset before the response head: what a stale pooled
+/// connection looks like once the request was written.
+fn died_before_response(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() {
+        return false;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if let Some(h) = c.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled())
+        {
+            return true;
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            )
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
+/// The body type of upstream requests: the caller's body, or nothing for a replay.
+#[derive(Debug)]
+enum ForwardBody<B> {
+    /// The caller's body.
+    Inner(B),
+    /// A replayed bodiless request.
+    Empty,
+}
+
+impl<B> Body for ForwardBody<B>
+where
+    B: Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Inner(b) => Pin::new(b).poll_frame(cx),
+            Self::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Inner(b) => b.is_end_stream(),
+            Self::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Inner(b) => b.size_hint(),
+            Self::Empty => http_body::SizeHint::with_exact(0),
+        }
     }
 }
 

@@ -1,11 +1,20 @@
 //! The accept loop: HTTP/1.1 and h2c (prior knowledge) on one port, upgrades allowed, graceful
 //! shutdown on a token. Both binaries serve every listener through [`serve`].
+//!
+//! Hostile HTTP/1 input is answered here, before any layer runs, so nothing of it is forwarded:
+//! hyper itself answers oversized heads (431), too many headers (431) and malformed heads,
+//! methods, `Content-Length`s and chunk sizes (400); [`serve`] adds `400` for a request with
+//! both `Content-Length` and `Transfer-Encoding` ([`super::framing`]) and for `CONNECT` that is
+//! HTTP/1.0 or not in authority form (RFC 9112 §3.2.3).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::{Request, Response};
+use bytes::Bytes;
+use http::header::{CONNECTION, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -13,6 +22,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
+
+use super::framing::{Inspect, Tracker, Verdict, Verdicts};
+use super::response::go_error;
 
 /// Largest request head we accept; larger heads get `431` from hyper. Knative's Go server allows
 /// 1 MiB; we document 64 KiB as a deliberate, safer limit (`docs/compatibility.md`).
@@ -71,8 +83,7 @@ pub async fn serve<S, B>(
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -108,12 +119,25 @@ pub async fn serve<S, B>(
             local: local.unwrap_or(remote),
         };
         let svc = svc.clone();
+        let verdicts = Verdicts::default();
+        let io = Inspect::new(
+            stream,
+            Tracker::new(opts.max_header_bytes, opts.max_headers),
+            verdicts.clone(),
+        );
         let hsvc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            let rejected = reject_hostile(&req, &verdicts);
             req.extensions_mut().insert(info);
-            svc.clone().oneshot(req)
+            let svc = svc.clone();
+            async move {
+                if let Some(resp) = rejected {
+                    return Ok::<_, Infallible>(resp.map(Either::Right));
+                }
+                svc.oneshot(req).await.map(|r| r.map(Either::Left))
+            }
         });
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), hsvc)
+            .serve_connection_with_upgrades(TokioIo::new(io), hsvc)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -124,4 +148,34 @@ pub async fn serve<S, B>(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// The `400` for request shapes hyper accepts but a proxy must not forward (smuggling and
+/// tunnel confusion); `None` for everything else. HTTP/2 requests are framed by h2 and pass.
+fn reject_hostile<B>(req: &Request<B>, verdicts: &Verdicts) -> Option<Response<Full<Bytes>>> {
+    if req.version() > Version::HTTP_11 {
+        return None;
+    }
+    let why = match verdicts.next(req.headers()) {
+        Verdict::Ambiguous => "both Content-Length and Transfer-Encoding",
+        Verdict::BadChunk => "malformed chunked body",
+        Verdict::Clean => "",
+    };
+    let why = if !why.is_empty() {
+        why
+    } else if req.method() == Method::CONNECT
+        && (req.version() < Version::HTTP_11
+            || req.uri().authority().is_none()
+            || req.uri().path_and_query().is_some())
+    {
+        "CONNECT needs version 1.1 and an authority-form target"
+    } else {
+        return None;
+    };
+    tracing::debug!(reason = why, "rejected a malformed request");
+    let mut resp = go_error(StatusCode::BAD_REQUEST, &format!("400 Bad Request: {why}"));
+    // The rest of the connection cannot be trusted to be framed the way we read it.
+    resp.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    Some(resp)
 }

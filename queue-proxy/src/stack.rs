@@ -578,7 +578,10 @@ where
             // requests) and re-reads the occupancy once the slot is free.
             let depth = depth;
             let permit = slot?.acquire().await;
-            if let Some(a) = req.extensions().get::<crate::trace::Admitted>() {
+            if let Some(a) = req
+                .extensions()
+                .get::<shared::telemetry::otlp::request::Admitted>()
+            {
                 a.mark();
             }
             let resp = inner.call(req).await?;

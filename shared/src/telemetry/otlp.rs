@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::trace::TraceContext;
 
+pub mod request;
+
 // === wire messages (opentelemetry-proto v1) ===
 
 /// `collector.trace.v1.ExportTraceServiceRequest`.

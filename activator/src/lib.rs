@@ -14,6 +14,7 @@
 //! - [`stack`]: the request path.
 //! - [`timeout`]: revision timeouts after the response head.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`memory`]: gives memory freed after a burst of held requests back to the OS.
 //! - [`simulate`]: the autoscaler what-if simulator.
 //! - [`local`]: Knative Services as local processes.
 //!
@@ -30,6 +31,7 @@ pub mod config;
 pub mod lb;
 pub mod local;
 pub mod manager;
+pub mod memory;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;
@@ -107,6 +109,7 @@ pub async fn run(
         let src = source::file::FileSource::start(path.clone(), catalog.clone())?;
         tokio::spawn(src.run(background.clone()));
     }
+    tokio::spawn(memory::run(background.clone()));
     let mut registry = Registry::default();
     let conn = match &stats_sink {
         StatsSink::Websocket(ws) => ws.metrics().clone(),

@@ -1,5 +1,11 @@
 //! The accept loop: HTTP/1.1 and h2c (prior knowledge) on one port, upgrades allowed, graceful
 //! shutdown on a token. Both binaries serve every listener through [`serve`].
+//!
+//! The protocol is chosen by peeking at the first bytes (the 24-byte HTTP/2 preface or not) and
+//! the connection is then handed to hyper's HTTP/1 or HTTP/2 server directly. hyper-util's
+//! `auto` builder does the same by *reading* the first bytes and replaying them, and that first
+//! short read made hyper grow every HTTP/1 connection's read buffer from 8 to 16 KiB: 8 KiB more
+//! per open connection, which dominated the memory of held requests (docs/activator.md).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -8,11 +14,13 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4) a prior-knowledge h2c client sends first.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Largest request head we accept; larger heads get `431` from hyper. Knative's Go server allows
 /// 1 MiB; we document 64 KiB as a deliberate, safer limit (`docs/compatibility.md`).
@@ -75,19 +83,21 @@ pub async fn serve<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout)
+        // max_buf_size alone is a soft limit (a read may overshoot it and the head still
+        // parse); max_header_size is checked on the parsed head too, so 431 is exact.
+        .max_header_size(opts.max_header_bytes)
         .max_buf_size(opts.max_header_bytes.max(8192))
         .max_headers(opts.max_headers);
-    builder.http2().timer(TokioTimer::new());
-    if opts.http1_only {
-        builder = builder.http1_only();
-    }
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new());
     let local = listener.local_addr().ok();
-    let graceful = GracefulShutdown::new();
+    // Connections are tracked so shutdown can wait for them; `closing` asks each one to finish
+    // gracefully (HTTP/1: close after the current response; HTTP/2: GOAWAY).
+    let tracker = TaskTracker::new();
+    let closing = CancellationToken::new();
     loop {
         let (stream, remote) = tokio::select! {
             biased;
@@ -112,16 +122,67 @@ pub async fn serve<S, B>(
             req.extensions_mut().insert(info);
             svc.clone().oneshot(req)
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), hsvc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(error) = conn.await {
+        let (h1, h2, closing) = (h1.clone(), h2.clone(), closing.clone());
+        let (http1_only, sniff_timeout) = (opts.http1_only, opts.header_read_timeout);
+        tracker.spawn(async move {
+            let h2c = !http1_only
+                && match tokio::time::timeout(sniff_timeout, is_h2_preface(&stream)).await {
+                    Ok(Ok(h2c)) => h2c,
+                    // Closed, failed or silent before sending anything decisive.
+                    _ => return,
+                };
+            let result = if h2c {
+                let conn = h2.serve_connection(TokioIo::new(stream), hsvc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = closing.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            } else {
+                let conn = h1
+                    .serve_connection(TokioIo::new(stream), hsvc)
+                    .with_upgrades();
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = closing.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            };
+            if let Err(error) = result {
                 tracing::debug!(error = %error, "connection ended with error");
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    closing.cancel();
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// Whether the client starts with the HTTP/2 preface, decided from as few bytes as possible
+/// without consuming them (hyper then reads the stream from its first byte).
+async fn is_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        stream.readable().await?;
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // A strict prefix so far ("P", "PRI * …"): peeking does not consume, so readiness stays
+        // set; wait a little for the rest instead of spinning. Rare: requests arrive whole.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }

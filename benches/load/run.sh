@@ -144,7 +144,7 @@ import resource, subprocess, sys, time
 cpus, c, url, hdr = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 dur = __import__("os").environ["DUR"]
 t = time.monotonic()
-out = subprocess.run(["taskset", "-c", cpus, "wrk", "-t1", f"-c{c}", f"-d{dur}s", "--latency", *hdr, url],
+out = subprocess.run(["taskset", "-c", cpus, "wrk", "-t1", f"-c{c}", f"-d{dur}s", "--timeout", "10s", "--latency", *hdr, url],
                      capture_output=True, text=True).stdout
 wall = time.monotonic() - t
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -165,6 +165,40 @@ print(rps, lat.get("50%", 0), lat.get("90%", 0), lat.get("99%", 0), reqs, bad, r
 PY
 }
 export DUR
+
+if [ "$IDLE" = 1 ]; then
+  # ΔPSS per 1,000 idle keep-alive connections (each sent one request, then idles). Measured
+  # before any load, so memory freed by earlier cells cannot hide the growth.
+  { echo "| process | PSS before KiB | with 1,000 idle connections | KiB per connection |"; echo "|---|---|---|---|"
+    for v in direct queue-proxy activator+qp nginx haproxy; do
+      case $v in direct) p=$APP_PID;; queue-proxy) p=$QP_REAL;; activator+qp) p=$ACT_PID;; nginx) p=$NG_PID;; haproxy) p=$HA_PID;; esac
+      python3 - "${PORTOF[$v]}" "$p" "$v" <<'PY'
+import socket, sys, time
+port, pid, name = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+def pss():
+    import subprocess
+    kids = subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split()
+    t = 0
+    for p in [pid] + kids:
+        for line in open(f"/proc/{p}/smaps_rollup"):
+            if line.startswith("Pss:"): t += int(line.split()[1])
+    return t
+req = (b"GET / HTTP/1.1\r\nHost: hello.default.example.com\r\nKnative-Serving-Namespace: default\r\n"
+       b"Knative-Serving-Revision: hello-00001\r\n\r\n")
+before = pss(); socks = []
+for i in range(1000):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10); s.sendall(req); socks.append(s)
+    if i % 100 == 99: time.sleep(0.01)
+for s in socks:
+    s.recv(4096)
+time.sleep(1.0)
+held = pss()
+for s in socks: s.close()
+print(f"| {name} | {before} | {held} | {(held - before) / 1000:.2f} |")
+PY
+      sleep 1
+    done; } | tee "$OUT/idle-conns.md"
+fi
 
 : > "$OUT/raw.tsv"
 run_cells() { # LAYOUT WRK_CPUS SHAPE PATH CONNS
@@ -203,38 +237,5 @@ if [ "$HEY" = 1 ]; then
     done; } | tee "$OUT/hey.md"
 fi
 
-if [ "$IDLE" = 1 ]; then
-  # ΔPSS per 1,000 idle keep-alive connections (each sent one request, then idles).
-  { echo "| process | PSS before KiB | with 1,000 idle connections | KiB per connection |"; echo "|---|---|---|---|"
-    for v in direct queue-proxy activator+qp nginx haproxy; do
-      case $v in direct) p=$APP_PID;; queue-proxy) p=$QP_REAL;; activator+qp) p=$ACT_PID;; nginx) p=$NG_PID;; haproxy) p=$HA_PID;; esac
-      python3 - "${PORTOF[$v]}" "$p" "$v" <<'PY'
-import socket, sys, time
-port, pid, name = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-def pss():
-    import subprocess
-    kids = subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split()
-    t = 0
-    for p in [pid] + kids:
-        for line in open(f"/proc/{p}/smaps_rollup"):
-            if line.startswith("Pss:"): t += int(line.split()[1])
-    return t
-req = (b"GET / HTTP/1.1\r\nHost: hello.default.example.com\r\nKnative-Serving-Namespace: default\r\n"
-       b"Knative-Serving-Revision: hello-00001\r\n\r\n")
-before = pss(); socks = []
-for i in range(1000):
-    s = socket.create_connection(("127.0.0.1", port), timeout=10); s.sendall(req); socks.append(s)
-    if i % 100 == 99: time.sleep(0.01)
-for s in socks:
-    s.recv(4096)
-time.sleep(1.0)
-held = pss()
-for s in socks: s.close()
-print(f"| {name} | {before} | {held} | {(held - before) / 1000:.2f} |")
-PY
-      sleep 1
-    done; } | tee "$OUT/idle-conns.md"
-fi
-
-python3 benches/load/summarize.py "$OUT" | tee "$OUT/table.md"
+[ -s "$OUT/raw.tsv" ] && python3 benches/load/summarize.py "$OUT" | tee "$OUT/table.md"
 echo "machine: $(nproc) CPUs, loadavg $(cut -d' ' -f1-3 /proc/loadavg), CC=$CC, DUR=${DUR}s, ROUNDS=$ROUNDS" | tee -a "$OUT/table.md"

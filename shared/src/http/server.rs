@@ -126,10 +126,17 @@ pub async fn serve<S, B>(
         let (http1_only, sniff_timeout) = (opts.http1_only, opts.header_read_timeout);
         tracker.spawn(async move {
             let h2c = !http1_only
-                && match tokio::time::timeout(sniff_timeout, is_h2_preface(&stream)).await {
-                    Ok(Ok(h2c)) => h2c,
-                    // Closed, failed or silent before sending anything decisive.
-                    _ => return,
+                && tokio::select! {
+                    sniffed = tokio::time::timeout(sniff_timeout, is_h2_preface(&stream)) => {
+                        match sniffed {
+                            Ok(Ok(h2c)) => h2c,
+                            // Closed, failed or silent before sending anything decisive.
+                            _ => return,
+                        }
+                    }
+                    // Shutting down: a connection that has not sent a request yet has nothing
+                    // in flight, so it is closed at once (hyper-util's auto builder did so too).
+                    _ = closing.cancelled() => return,
                 };
             let result = if h2c {
                 let conn = h2.serve_connection(TokioIo::new(stream), hsvc);
@@ -184,5 +191,73 @@ async fn is_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
         // A strict prefix so far ("P", "PRI * …"): peeking does not consume, so readiness stays
         // set; wait a little for the rest instead of spinning. Rare: requests arrive whole.
         tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const DEADLINE: Duration = Duration::from_secs(20);
+
+    async fn start() -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let svc = tower::service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        });
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve(l, svc, ServerOptions::default(), stop.clone()));
+        (addr, stop, task)
+    }
+
+    #[tokio::test]
+    async fn h1_and_h2c_prior_knowledge_on_one_port() {
+        let (addr, stop, task) = start().await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(DEADLINE, s.read_to_string(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+
+        // A prior-knowledge h2c client gets an HTTP/2 SETTINGS frame back (type 0x4).
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(H2_PREFACE).await.unwrap();
+        s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap(); // empty SETTINGS
+        let mut head = [0u8; 9];
+        tokio::time::timeout(DEADLINE, s.read_exact(&mut head))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            head[3], 4,
+            "first frame from the server is SETTINGS: {head:?}"
+        );
+        // This raw client cannot answer the graceful-shutdown PING, so it leaves first.
+        drop(s);
+        stop.cancel();
+        tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_does_not_hold_up_shutdown() {
+        let (addr, stop, task) = start().await;
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        // Let the server accept it and start sniffing.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.cancel();
+        // The header read timeout is 60 s; shutdown must not wait for it.
+        tokio::time::timeout(DEADLINE, task)
+            .await
+            .expect("serve returns promptly")
+            .unwrap();
     }
 }

@@ -15,6 +15,7 @@
 //! - [`stack`]: the request path.
 //! - [`timeout`]: revision timeouts after the response head.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`memory`]: gives memory freed after a burst of held requests back to the OS.
 //! - [`simulate`]: the autoscaler what-if simulator.
 //! - [`local`]: Knative Services as local processes.
 //!
@@ -32,6 +33,7 @@ pub mod lb;
 pub mod local;
 pub mod logging;
 pub mod manager;
+pub mod memory;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;
@@ -148,6 +150,7 @@ pub(crate) async fn run_observed(
         }
         None => {}
     }
+    tokio::spawn(memory::run(background.clone()));
     let mut registry = Registry::default();
     let conn = match &stats_sink {
         StatsSink::Websocket(ws) => ws.metrics().clone(),

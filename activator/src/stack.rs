@@ -41,7 +41,7 @@ use shared::http::proxy::{ProxyError, Tunnel, is_upgrade_request};
 use shared::http::response::{empty, go_error};
 use shared::http::server::ConnInfo;
 use tokio::time::Instant;
-use tower::ServiceExt;
+use tower::Service;
 use tower::util::BoxCloneSyncService;
 
 use crate::catalog::RevisionKey;
@@ -221,10 +221,20 @@ where
     }))
 }
 
-async fn call(inner: StackService, req: Request<Incoming>) -> Response<RespBody> {
-    match inner.oneshot(req).await {
-        Ok(r) => r,
-        Err(never) => match never {},
+/// Calls the next stage. Deliberately not `async`: the stage's boxed future is created here, so
+/// the caller awaits a 16-byte box instead of embedding a `Oneshot` holding a second copy of the
+/// request (that made every stage's future ~2 KiB, ~11 KiB per held request; docs/activator.md).
+fn call(
+    mut inner: StackService,
+    req: Request<Incoming>,
+) -> impl Future<Output = Response<RespBody>> + Send {
+    // Every stage is always ready (module docs), so `call` needs no `poll_ready` first.
+    let fut = inner.call(req);
+    async move {
+        match fut.await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        }
     }
 }
 
@@ -428,7 +438,10 @@ impl Handler {
         let arrived = Instant::now();
         let bytes = head_bytes(&req);
         let retryable = !is_upgrade_request(req.headers());
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        if throttler.likely_to_wait() {
+            compact_head(&mut parts);
+        }
         // Upgrade requests keep hyper's upgrade handle (in the extensions) and are never retried.
         let mut original = Some(parts);
         let body = ReclaimBody::new(body);
@@ -449,7 +462,9 @@ impl Handler {
             };
             let mut out = Request::from_parts(parts, body.clone());
             rewrite_for_dest(&mut out, &dest);
-            match lease.tracker().upstream.forward(out).await {
+            // Boxed: the hyper client's future is large and would otherwise be part of the
+            // state of every held request, although it only exists once a pod was picked.
+            match Box::pin(lease.tracker().upstream.forward(out)).await {
                 Ok(mut resp) => {
                     if lease.waited {
                         let held = arrived.elapsed();
@@ -480,6 +495,36 @@ impl Handler {
 fn proxy_error(key: &RevisionKey, e: &ProxyError) -> Response<RespBody> {
     tracing::warn!(revision = %key, error = %e, "error proxying the request");
     full(e.to_response())
+}
+
+/// Copies the header values and the URI of a request that is about to be held into one small
+/// buffer of their own. hyper parses them as slices of the connection's 8 KiB read buffer, and
+/// while any slice is alive the whole buffer stays allocated; hyper has already allocated a new
+/// one for the next read, so without this a held HTTP/1 request pins two read buffers.
+fn compact_head(parts: &mut http::request::Parts) {
+    let uri = parts.uri.to_string();
+    let len: usize = parts.headers.values().map(HeaderValue::len).sum::<usize>() + uri.len();
+    let mut buf = bytes::BytesMut::with_capacity(len);
+    buf.extend_from_slice(uri.as_bytes());
+    let uri_end = buf.len();
+    for v in parts.headers.values() {
+        buf.extend_from_slice(v.as_bytes());
+    }
+    let buf = buf.freeze();
+    if let Ok(u) = http::Uri::from_maybe_shared(buf.slice(..uri_end)) {
+        parts.uri = u;
+    }
+    let mut at = uri_end;
+    for v in parts.headers.values_mut() {
+        let end = at + v.len();
+        // The bytes were a valid value a moment ago, so this cannot fail; keep the old value if
+        // it somehow does.
+        if let Ok(mut copy) = HeaderValue::from_maybe_shared(buf.slice(at..end)) {
+            copy.set_sensitive(v.is_sensitive());
+            *v = copy;
+        }
+        at = end;
+    }
 }
 
 /// Request parts for one attempt. The connection facts and hyper's upgrade handle (only present

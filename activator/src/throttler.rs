@@ -343,6 +343,12 @@ impl RevisionThrottler {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// Whether a request arriving now would probably wait (others are waiting, or the revision
+    /// is at capacity). A hint only: the answer may change before the request asks.
+    pub fn likely_to_wait(&self) -> bool {
+        self.waiting() > 0 || self.breaker.in_flight() >= self.breaker.capacity()
+    }
+
     /// The dests this activator currently routes to (its assigned share, or the cluster IP).
     pub fn assigned_dests(&self) -> Vec<String> {
         let st = self.state.read().unwrap_or_else(|p| p.into_inner());

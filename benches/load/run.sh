@@ -1,51 +1,68 @@
 #!/usr/bin/env bash
-# Loopback load bench: direct vs queue-proxy vs activator+queue-proxy vs nginx vs haproxy, as
-# ratios from one run. Installs wrk, nginx and haproxy from Debian if missing.
+# Loopback load bench (benchmarking.md §5): direct vs queue-proxy vs activator+queue-proxy vs
+# nginx vs haproxy, plus the breaker analogues (queue-proxy with CONTAINER_CONCURRENCY=CC vs
+# haproxy with `maxconn CC`), as ratios measured in one run. Installs wrk, hey, nghttp2-client,
+# nginx and haproxy from Debian if missing. 127.0.0.1 only; every cell is bounded by DUR.
 #
-#   benches/load/run.sh [DURATION_S=5] [ROUNDS=3] [CONNS="1 10 50"]
+#   benches/load/run.sh [DUR_S=3] [ROUNDS=3] [CONNS="1 10 50 300"]
+#   env: BIN=target/release (skip the build)  CC=10  SLEEP_CONNS="50 300"  HEY=1  IDLE=1
 #
-# Layout (benchmarking.md): wrk pinned to CPU 0, proxy + backend pinned to CPU 1. Each round runs
-# every variant once, in a rotated order; the table reports medians over rounds. CPU µs per
-# request is the proxy process's utime+stime delta (from /proc) divided by requests served. PSS is
-# read from /proc/<pid>/smaps_rollup while idle, before the first round.
+# Backend: examples/autoscale (Knative's autoscale-go in Rust, one thread): `/` answers at once
+# (trivial shape), `/?sleep=100` after 100 ms (Knative's benchmark shape).
+# Layouts (§5.2): "split" = wrk on CPU 0, every server on CPU 1 (proxy and backend share it, so
+# proxy CPU per request can also be read as (1/ratio − 1) × backend CPU); "one-core" = wrk on
+# CPU 1 too (c=1 latency floor without cross-CPU wake-ups).
+# Each round runs every variant once in a rotated order; per-round ratios to direct give the
+# median and IQR. Each cell: 1 s warm-up (discarded), then DUR s. Recorded per cell: /proc/stat
+# steal %, wrk's own CPU % (must stay < 90 %), proxy CPU µs per request (utime+stime of the
+# proxy processes / requests). PSS: idle, and per 1,000 idle keep-alive connections.
+# Output: benches/load/out/{raw.tsv,table.md,pss.md,hey.md,latency-*.svg,cpu.svg}.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DUR=${1:-5}; ROUNDS=${2:-3}; CONNS=${3:-"1 10 50"}
+DUR=${1:-3}; ROUNDS=${2:-3}; CONNS=${3:-"1 10 50 300"}
+CC=${CC:-10}; SLEEP_CONNS=${SLEEP_CONNS:-"50 300"}; HEY=${HEY:-1}; IDLE=${IDLE:-1}
 OUT=benches/load/out; mkdir -p "$OUT"
+ulimit -n "$(ulimit -Hn)"
 
 need=()
-for b in wrk nginx haproxy taskset; do command -v "$b" >/dev/null || need+=("$b"); done
+for b in wrk hey h2load nginx haproxy taskset; do command -v "$b" >/dev/null || need+=("$b"); done
 if [ ${#need[@]} -gt 0 ]; then
-  pk=(); for b in "${need[@]}"; do case $b in taskset) pk+=(util-linux);; *) pk+=("$b");; esac; done
+  pk=(); for b in "${need[@]}"; do case $b in taskset) pk+=(util-linux);; h2load) pk+=(nghttp2-client);; *) pk+=("$b");; esac; done
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pk[@]}" >/dev/null
+  # Debian starts the packaged nginx/haproxy services; this bench runs its own instances.
+  { service nginx stop; service haproxy stop; } >/dev/null 2>&1 || true
 fi
-# BIN overrides where the release binaries are (default: build them here).
 if [ -z "${BIN:-}" ]; then
   cargo build --release -q -p queue-proxy -p activator -p examples
   BIN=target/release
 fi
 
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+# Background jobs may be shells around the real process: stop their children too.
+cleanup() { for p in "${PIDS[@]}"; do kill $(pgrep -P "$p" || true) "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
-APP=$(free_port); QP=$(free_port); QPA=$(free_port); QPM=$(free_port); NG=$(free_port); HA=$(free_port); ACT=$(free_port)
-PORT=$APP taskset -c 1 "$BIN"/helloworld >/dev/null 2>&1 & PIDS+=($!); APP_PID=$!
+APP=$(free_port); QP=$(free_port); QPC=$(free_port); NG=$(free_port); HA=$(free_port); HAC=$(free_port); ACT=$(free_port)
+PORT=$APP taskset -c 1 "$BIN"/autoscale >/dev/null 2>&1 & PIDS+=($!); APP_PID=$!
 wait_port "$APP"
 
-env -i PATH="$PATH" SERVING_NAMESPACE=default SERVING_CONFIGURATION=hello SERVING_REVISION=hello-00001 \
-  SERVING_POD=hello-pod SERVING_POD_IP=127.0.0.1 SERVING_SERVICE=hello QUEUE_SERVING_PORT=$QP \
-  QUEUE_SERVING_TLS_PORT=8112 USER_PORT=$APP CONTAINER_CONCURRENCY=0 REVISION_TIMEOUT_SECONDS=300 \
-  REVISION_RESPONSE_START_TIMEOUT_SECONDS=0 REVISION_IDLE_TIMEOUT_SECONDS=0 SERVING_READINESS_PROBE='' \
-  SERVING_LOGGING_CONFIG='' SERVING_LOGGING_LEVEL=error ENABLE_PROFILING=false \
-  SERVING_ENABLE_PROBE_REQUEST_LOG=false METRICS_COLLECTOR_ADDRESS='' ENABLE_HTTP2_AUTO_DETECTION=false \
-  ENABLE_HTTP_FULL_DUPLEX=false ROOT_CA='' SYSTEM_NAMESPACE=knative-serving \
-  SERVING_ENABLE_REQUEST_LOG=false OBSERVABILITY_CONFIG='{}' \
-  QUEUE_ADMIN_PORT=$QPA QUEUE_METRICS_PORT=$QPM QUEUE_USER_METRICS_PORT=0 QUEUE_DRAIN_SECONDS=1 \
-  taskset -c 1 "$BIN"/queue-proxy >"$OUT/qp.log" 2>&1 & PIDS+=($!); QP_PID=$!
-wait_port "$QP"
+start_qp() { # PORT CC LOG
+  env -i PATH="$PATH" SERVING_NAMESPACE=default SERVING_CONFIGURATION=hello SERVING_REVISION=hello-00001 \
+    SERVING_POD=hello-pod SERVING_POD_IP=127.0.0.1 SERVING_SERVICE=hello QUEUE_SERVING_PORT="$1" \
+    QUEUE_SERVING_TLS_PORT=8112 USER_PORT=$APP CONTAINER_CONCURRENCY="$2" REVISION_TIMEOUT_SECONDS=300 \
+    REVISION_RESPONSE_START_TIMEOUT_SECONDS=0 REVISION_IDLE_TIMEOUT_SECONDS=0 SERVING_READINESS_PROBE='' \
+    SERVING_LOGGING_CONFIG='' SERVING_LOGGING_LEVEL=error ENABLE_PROFILING=false \
+    SERVING_ENABLE_PROBE_REQUEST_LOG=false METRICS_COLLECTOR_ADDRESS='' ENABLE_HTTP2_AUTO_DETECTION=false \
+    ENABLE_HTTP_FULL_DUPLEX=false ROOT_CA='' SYSTEM_NAMESPACE=knative-serving \
+    SERVING_ENABLE_REQUEST_LOG=false OBSERVABILITY_CONFIG='{}' \
+    QUEUE_ADMIN_PORT="$(free_port)" QUEUE_METRICS_PORT="$(free_port)" QUEUE_USER_METRICS_PORT=0 QUEUE_DRAIN_SECONDS=1 \
+    taskset -c 1 "$BIN"/queue-proxy >"$3" 2>&1
+}
+start_qp "$QP" 0 "$OUT/qp.log" & PIDS+=($!); QP_PID=$!
+start_qp "$QPC" "$CC" "$OUT/qp-cc.log" & PIDS+=($!); QPC_PID=$!
+wait_port "$QP"; wait_port "$QPC"
 
 cat > "$OUT/source.yaml" <<YAML
 revisions:
@@ -54,15 +71,15 @@ revisions:
     containerConcurrency: 0
     ready: ["127.0.0.1:$QP"]
 YAML
-POD_NAME=act POD_IP=127.0.0.1 SYSTEM_NAMESPACE=knative-serving taskset -c 1 "$BIN"/activator \
+POD_NAME=act POD_IP=127.0.0.1 SYSTEM_NAMESPACE=knative-serving ACTIVATOR_LOG_LEVEL=error taskset -c 1 "$BIN"/activator \
   --source "file:$OUT/source.yaml" --stats-sink none --http1-addr 127.0.0.1:$ACT --h2c-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 \
   >"$OUT/act.log" 2>&1 & PIDS+=($!); ACT_PID=$!
 wait_port "$ACT" || { cat "$OUT/act.log"; exit 1; }
 
 cat > "$OUT/nginx.conf" <<NG
 daemon off; worker_processes 1; pid $PWD/$OUT/nginx.pid; error_log /dev/null;
-events { worker_connections 4096; }
-http { access_log off;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 1000000;
   upstream app { server 127.0.0.1:$APP; keepalive 1000; }
   server { listen 127.0.0.1:$NG;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
@@ -71,73 +88,154 @@ taskset -c 1 nginx -c "$PWD/$OUT/nginx.conf" -p "$PWD/$OUT" >/dev/null 2>&1 & PI
 cat > "$OUT/haproxy.cfg" <<HA
 global
   nbthread 1
+  maxconn 9000
 defaults
   mode http
   timeout connect 5s
   timeout client 60s
   timeout server 60s
+  timeout queue 60s
   option http-keep-alive
 frontend f
   bind 127.0.0.1:$HA
   default_backend b
+frontend fcc
+  bind 127.0.0.1:$HAC
+  default_backend bcc
 backend b
   http-reuse always
   server app 127.0.0.1:$APP
+# The breaker analogue: at most CC requests at the app, the rest wait in haproxy's queue.
+backend bcc
+  http-reuse always
+  server app 127.0.0.1:$APP maxconn $CC
 HA
 taskset -c 1 haproxy -f "$OUT/haproxy.cfg" >/dev/null 2>&1 & PIDS+=($!); HA_PID=$!
-wait_port "$NG"; wait_port "$HA"
+wait_port "$NG"; wait_port "$HA"; wait_port "$HAC"
 
 pss() { awk '/^Pss:/{print $2}' "/proc/$1/smaps_rollup"; }
-# A process and its children (nginx's worker does the work, not its master).
-cpu_ticks() { local t=0 p; for p in "$1" $(pgrep -P "$1" || true); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
+tree() { echo "$1" $(pgrep -P "$1" || true); }
+pss_tree() { local t=0 p; for p in $(tree "$1"); do t=$((t + $(pss "$p"))); done; echo "$t"; }
+# utime+stime of a process and its children (nginx's worker does the work, not its master).
+cpu_ticks() { local t=0 p; for p in $(tree "$1"); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
+steal_snap() { awk '/^cpu /{t=0; for(i=2;i<=9;i++) t+=$i; print t, $9}' /proc/stat; }
 HZ=$(getconf CLK_TCK)
-declare -A URL=( [direct]="http://127.0.0.1:$APP/" [queue-proxy]="http://127.0.0.1:$QP/"
-  [activator+qp]="http://127.0.0.1:$ACT/" [nginx]="http://127.0.0.1:$NG/" [haproxy]="http://127.0.0.1:$HA/" )
-declare -A PID=( [direct]=$APP_PID [queue-proxy]=$QP_PID [activator+qp]="$ACT_PID $QP_PID" [nginx]=$NG_PID [haproxy]=$HA_PID )
-VARIANTS=(direct queue-proxy activator+qp nginx haproxy)
+declare -A PORTOF=( [direct]=$APP [queue-proxy]=$QP [qp-cc$CC]=$QPC [activator+qp]=$ACT [nginx]=$NG [haproxy]=$HA [haproxy-maxconn$CC]=$HAC )
+declare -A PID=( [direct]=$APP_PID [queue-proxy]=$QP_PID [qp-cc$CC]=$QPC_PID [activator+qp]="$ACT_PID $QP_PID" [nginx]=$NG_PID [haproxy]=$HA_PID [haproxy-maxconn$CC]=$HA_PID )
+VARIANTS=(direct queue-proxy "qp-cc$CC" activator+qp nginx haproxy "haproxy-maxconn$CC")
 HDR=(-H "Host: hello.default.example.com" -H "Knative-Serving-Namespace: default" -H "Knative-Serving-Revision: hello-00001")
+# The queue-proxy's binary may run under the backgrounded function's shell; measure the real process.
+QP_REAL=$(pgrep -P "$QP_PID" || echo "$QP_PID"); QPC_REAL=$(pgrep -P "$QPC_PID" || echo "$QPC_PID")
+PID[queue-proxy]=$QP_REAL; PID[qp-cc$CC]=$QPC_REAL; PID[activator+qp]="$ACT_PID $QP_REAL"
 
-ng_pss=0; for p in $NG_PID $(pgrep -P $NG_PID || true); do ng_pss=$((ng_pss + $(pss $p))); done
-echo "idle PSS KiB: queue-proxy $(pss $QP_PID), activator $(pss $ACT_PID), nginx (master+worker) $ng_pss, haproxy $(pss $HA_PID)" | tee "$OUT/pss.txt"
-: > "$OUT/raw.tsv"
-for c in $CONNS; do
-  for r in $(seq "$ROUNDS"); do
-    n=${#VARIANTS[@]}
-    for i in $(seq 0 $((n-1))); do
-      v=${VARIANTS[$(( (i + r) % n ))]}
-      t0=0; for p in ${PID[$v]}; do t0=$((t0 + $(cpu_ticks "$p"))); done
-      res=$(taskset -c 0 wrk -t1 -c"$c" -d"${DUR}s" --latency "${HDR[@]}" "${URL[$v]}")
-      t1=0; for p in ${PID[$v]}; do t1=$((t1 + $(cpu_ticks "$p"))); done
-      reqs=$(echo "$res" | awk '/requests in/{print $1}')
-      rps=$(echo "$res" | awk '/Requests\/sec/{print $2}')
-      p50=$(echo "$res" | awk '$1=="50%"{print $2}')
-      p99=$(echo "$res" | awk '$1=="99%"{print $2}')
-      non2xx=$(echo "$res" | awk '/Non-2xx/{print $4}'); non2xx=${non2xx:-0}
-      cpu_us=$(python3 -c "print(round(($t1-$t0)/$HZ*1e6/max($reqs,1),2))")
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$r" "$v" "$rps" "$p50" "$p99" "$cpu_us" "$non2xx" | tee -a "$OUT/raw.tsv"
-    done
-  done
-done
+{
+  echo "| process | idle PSS KiB |"; echo "|---|---|"
+  echo "| backend (autoscale) | $(pss "$APP_PID") |"
+  echo "| queue-proxy | $(pss "$QP_REAL") |"
+  echo "| activator | $(pss "$ACT_PID") |"
+  echo "| nginx (master+worker) | $(pss_tree "$NG_PID") |"
+  echo "| haproxy | $(pss "$HA_PID") |"
+} > "$OUT/pss.md"
 
-python3 - "$OUT/raw.tsv" <<'PY' | tee "$OUT/table.md"
-import sys, statistics as st, collections
+# One wrk cell: prints "rps p50 p90 p99 reqs non2xx wrk_cpu_pct". wrk's CPU comes from rusage.
+wrk_cell() { # CPUSET C URL
+  python3 - "$@" "${HDR[@]}" <<'PY'
+import resource, subprocess, sys, time
+cpus, c, url, hdr = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+dur = __import__("os").environ["DUR"]
+t = time.monotonic()
+out = subprocess.run(["taskset", "-c", cpus, "wrk", "-t1", f"-c{c}", f"-d{dur}s", "--timeout", "10s", "--latency", *hdr, url],
+                     capture_output=True, text=True).stdout
+wall = time.monotonic() - t
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
 def us(x):
-    x = x.strip()
     for suf, m in (("us", 1), ("ms", 1000), ("s", 1e6)):
         if x.endswith(suf): return float(x[:-len(suf)]) * m
     return float("nan")
-rows = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    c, r, v, rps, p50, p99, cpu, bad = line.rstrip("\n").split("\t")
-    rows[(int(c), v)].append((float(rps), us(p50), us(p99), float(cpu), int(bad)))
-print("| c | variant | req/s (median) | × direct | p50 µs | added p50 µs | p99 µs | proxy CPU µs/req (direct: the app) | non-2xx |")
-print("|---|---|---|---|---|---|---|---|---|")
-for c in sorted({k[0] for k in rows}):
-    d = rows[(c, "direct")]
-    drps = st.median(x[0] for x in d); dp50 = st.median(x[1] for x in d)
-    for v in ["direct", "queue-proxy", "activator+qp", "nginx", "haproxy"]:
-        x = rows.get((c, v))
-        if not x: continue
-        rps = st.median(y[0] for y in x); p50 = st.median(y[1] for y in x)
-        print(f"| {c} | {v} | {rps:.0f} | {rps/drps:.2f} | {p50:.0f} | {p50-dp50:+.0f} | {st.median(y[2] for y in x):.0f} | {st.median(y[3] for y in x):.1f} | {sum(y[4] for y in x)} |")
+lat = {}; rps = reqs = bad = 0
+for line in out.splitlines():
+    f = line.split()
+    if len(f) == 2 and f[0] in ("50%", "90%", "99%"): lat[f[0]] = us(f[1])
+    if "requests in" in line: reqs = int(f[0])
+    if line.startswith("Requests/sec"): rps = float(f[1])
+    if "Non-2xx" in line: bad = int(f[-1])
+    if "Socket errors" in line: bad += sum(int(x.strip(",")) for x in f[3::2] if x.strip(",").isdigit())
+cpu = 100 * (ru.ru_utime + ru.ru_stime) / wall
+print(rps, lat.get("50%", 0), lat.get("90%", 0), lat.get("99%", 0), reqs, bad, round(cpu, 1))
 PY
+}
+export DUR
+
+if [ "$IDLE" = 1 ]; then
+  # ΔPSS per 1,000 idle keep-alive connections (each sent one request, then idles). Measured
+  # before any load, so memory freed by earlier cells cannot hide the growth.
+  { echo "| process | PSS before KiB | with 1,000 idle connections | KiB per connection |"; echo "|---|---|---|---|"
+    for v in direct queue-proxy activator+qp nginx haproxy; do
+      case $v in direct) p=$APP_PID;; queue-proxy) p=$QP_REAL;; activator+qp) p=$ACT_PID;; nginx) p=$NG_PID;; haproxy) p=$HA_PID;; esac
+      python3 - "${PORTOF[$v]}" "$p" "$v" <<'PY'
+import socket, sys, time
+port, pid, name = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+def pss():
+    import subprocess
+    kids = subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split()
+    t = 0
+    for p in [pid] + kids:
+        for line in open(f"/proc/{p}/smaps_rollup"):
+            if line.startswith("Pss:"): t += int(line.split()[1])
+    return t
+req = (b"GET / HTTP/1.1\r\nHost: hello.default.example.com\r\nKnative-Serving-Namespace: default\r\n"
+       b"Knative-Serving-Revision: hello-00001\r\n\r\n")
+before = pss(); socks = []
+for i in range(1000):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10); s.sendall(req); socks.append(s)
+    if i % 100 == 99: time.sleep(0.01)
+for s in socks:
+    s.recv(4096)
+time.sleep(1.0)
+held = pss()
+for s in socks: s.close()
+print(f"| {name} | {before} | {held} | {(held - before) / 1000:.2f} |")
+PY
+      sleep 1
+    done; } | tee "$OUT/idle-conns.md"
+fi
+
+: > "$OUT/raw.tsv"
+run_cells() { # LAYOUT WRK_CPUS SHAPE PATH CONNS
+  local layout=$1 cpus=$2 shape=$3 path=$4 conns=$5 c r i v n=${#VARIANTS[@]}
+  for c in $conns; do
+    for r in $(seq "$ROUNDS"); do
+      for i in $(seq 0 $((n-1))); do
+        v=${VARIANTS[$(( (i + r) % n ))]}
+        url="http://127.0.0.1:${PORTOF[$v]}$path"
+        DUR=1 wrk_cell "$cpus" "$c" "$url" >/dev/null # warm-up (pools, caches), discarded
+        t0=0; for p in ${PID[$v]}; do t0=$((t0 + $(cpu_ticks "$p"))); done
+        s0=$(steal_snap)
+        read -r rps p50 p90 p99 reqs bad wcpu < <(wrk_cell "$cpus" "$c" "$url")
+        s1=$(steal_snap)
+        t1=0; for p in ${PID[$v]}; do t1=$((t1 + $(cpu_ticks "$p"))); done
+        cpu_us=$(python3 -c "print(round(($t1-$t0)/$HZ*1e6/max($reqs,1),2))")
+        steal=$(python3 -c "a='$s0'.split(); b='$s1'.split(); print(round(100*(int(b[1])-int(a[1]))/max(int(b[0])-int(a[0]),1),2))")
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$layout" "$shape" "$c" "$r" "$v" \
+          "$rps" "$p50" "$p90" "$p99" "$cpu_us" "$bad" "$steal" "$wcpu" | tee -a "$OUT/raw.tsv"
+      done
+    done
+  done
+}
+run_cells split 0 trivial / "$CONNS"
+run_cells split 0 sleep100 "/?sleep=100" "$SLEEP_CONNS"
+run_cells one-core 1 trivial / 1
+
+if [ "$HEY" = 1 ]; then
+  # The seeds' shape, reported only as ratios (hey costs several times wrk's CPU per request).
+  { echo "| variant | hey -c 50 req/s | × direct |"; echo "|---|---|---|"
+    d=""
+    for v in "${VARIANTS[@]}"; do
+      rps=$(taskset -c 0 hey -c 50 -z "${DUR}s" "${HDR[@]}" "http://127.0.0.1:${PORTOF[$v]}/" | awk '/Requests\/sec/{print $2}')
+      d=${d:-$rps}
+      echo "| $v | $rps | $(python3 -c "print(round($rps/$d,2))") |"
+    done; } | tee "$OUT/hey.md"
+fi
+
+[ -s "$OUT/raw.tsv" ] && python3 benches/load/summarize.py "$OUT" | tee "$OUT/table.md"
+echo "machine: $(nproc) CPUs, loadavg $(cut -d' ' -f1-3 /proc/loadavg), CC=$CC, DUR=${DUR}s, ROUNDS=$ROUNDS" | tee -a "$OUT/table.md"

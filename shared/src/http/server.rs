@@ -6,6 +6,12 @@
 //! methods, `Content-Length`s and chunk sizes (400); [`serve`] adds `400` for a request with
 //! both `Content-Length` and `Transfer-Encoding` ([`super::framing`]) and for `CONNECT` that is
 //! HTTP/1.0 or not in authority form (RFC 9112 §3.2.3).
+//!
+//! The protocol is chosen by peeking at the first bytes (the 24-byte HTTP/2 preface or not) and
+//! the connection is then handed to hyper's HTTP/1 or HTTP/2 server directly. hyper-util's
+//! `auto` builder does the same by *reading* the first bytes and replaying them, and that first
+//! short read made hyper grow every HTTP/1 connection's read buffer from 8 to 16 KiB: 8 KiB more
+//! per open connection, which dominated the memory of held requests (docs/activator.md).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,14 +23,16 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 
 use super::framing::{Inspect, Tracker, Verdict, Verdicts};
 use super::response::go_error;
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4) a prior-knowledge h2c client sends first.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Largest request head we accept; larger heads get `431` from hyper. Knative's Go server allows
 /// 1 MiB; we document 64 KiB as a deliberate, safer limit (`docs/compatibility.md`).
@@ -86,19 +94,21 @@ pub async fn serve<S, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout)
+        // max_buf_size alone is a soft limit (a read may overshoot it and the head still
+        // parse); max_header_size is checked on the parsed head too, so 431 is exact.
+        .max_header_size(opts.max_header_bytes)
         .max_buf_size(opts.max_header_bytes.max(8192))
         .max_headers(opts.max_headers);
-    builder.http2().timer(TokioTimer::new());
-    if opts.http1_only {
-        builder = builder.http1_only();
-    }
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new());
     let local = listener.local_addr().ok();
-    let graceful = GracefulShutdown::new();
+    // Connections are tracked so shutdown can wait for them; `closing` asks each one to finish
+    // gracefully (HTTP/1: close after the current response; HTTP/2: GOAWAY).
+    let tracker = TaskTracker::new();
+    let closing = CancellationToken::new();
     loop {
         let (stream, remote) = tokio::select! {
             biased;
@@ -120,13 +130,9 @@ pub async fn serve<S, B>(
         };
         let svc = svc.clone();
         let verdicts = Verdicts::default();
-        let io = Inspect::new(
-            stream,
-            Tracker::new(opts.max_header_bytes, opts.max_headers),
-            verdicts.clone(),
-        );
+        let seen = verdicts.clone();
         let hsvc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            let rejected = reject_hostile(&req, &verdicts);
+            let rejected = reject_hostile(&req, &seen);
             req.extensions_mut().insert(info);
             let svc = svc.clone();
             async move {
@@ -136,18 +142,81 @@ pub async fn serve<S, B>(
                 svc.oneshot(req).await.map(|r| r.map(Either::Left))
             }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), hsvc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(error) = conn.await {
+        let (h1, h2, closing) = (h1.clone(), h2.clone(), closing.clone());
+        let (http1_only, sniff_timeout) = (opts.http1_only, opts.header_read_timeout);
+        let (max_header_bytes, max_headers) = (opts.max_header_bytes, opts.max_headers);
+        tracker.spawn(async move {
+            let h2c = !http1_only
+                && tokio::select! {
+                    sniffed = tokio::time::timeout(sniff_timeout, is_h2_preface(&stream)) => {
+                        match sniffed {
+                            Ok(Ok(h2c)) => h2c,
+                            // Closed, failed or silent before sending anything decisive.
+                            _ => return,
+                        }
+                    }
+                    // Shutting down: a connection that has not sent a request yet has nothing
+                    // in flight, so it is closed at once (hyper-util's auto builder did so too).
+                    _ = closing.cancelled() => return,
+                };
+            let result = if h2c {
+                let conn = h2.serve_connection(TokioIo::new(stream), hsvc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = closing.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            } else {
+                // HTTP/1 bytes pass through the framing tracker on their way into hyper.
+                let io = Inspect::new(
+                    stream,
+                    Tracker::new(max_header_bytes, max_headers),
+                    verdicts,
+                );
+                let conn = h1.serve_connection(TokioIo::new(io), hsvc).with_upgrades();
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = closing.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            };
+            if let Err(error) = result {
                 tracing::debug!(error = %error, "connection ended with error");
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    closing.cancel();
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// Whether the client starts with the HTTP/2 preface, decided from as few bytes as possible
+/// without consuming them (hyper then reads the stream from its first byte).
+async fn is_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        stream.readable().await?;
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // A strict prefix so far ("P", "PRI * …"): peeking does not consume, so readiness stays
+        // set; wait a little for the rest instead of spinning. Rare: requests arrive whole.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// The `400` for request shapes hyper accepts but a proxy must not forward (smuggling and
@@ -178,4 +247,72 @@ fn reject_hostile<B>(req: &Request<B>, verdicts: &Verdicts) -> Option<Response<F
     resp.headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));
     Some(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const DEADLINE: Duration = Duration::from_secs(20);
+
+    async fn start() -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let svc = tower::service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        });
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve(l, svc, ServerOptions::default(), stop.clone()));
+        (addr, stop, task)
+    }
+
+    #[tokio::test]
+    async fn h1_and_h2c_prior_knowledge_on_one_port() {
+        let (addr, stop, task) = start().await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(DEADLINE, s.read_to_string(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+
+        // A prior-knowledge h2c client gets an HTTP/2 SETTINGS frame back (type 0x4).
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(H2_PREFACE).await.unwrap();
+        s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap(); // empty SETTINGS
+        let mut head = [0u8; 9];
+        tokio::time::timeout(DEADLINE, s.read_exact(&mut head))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            head[3], 4,
+            "first frame from the server is SETTINGS: {head:?}"
+        );
+        // This raw client cannot answer the graceful-shutdown PING, so it leaves first.
+        drop(s);
+        stop.cancel();
+        tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_does_not_hold_up_shutdown() {
+        let (addr, stop, task) = start().await;
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        // Let the server accept it and start sniffing.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.cancel();
+        // The header read timeout is 60 s; shutdown must not wait for it.
+        tokio::time::timeout(DEADLINE, task)
+            .await
+            .expect("serve returns promptly")
+            .unwrap();
+    }
 }

@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// (`zap-logger-config`, `loglevel.activator`), read at start-up.
     #[arg(long, env = "ACTIVATOR_CONFIG_LOGGING")]
     pub config_logging: Option<PathBuf>,
+    /// Knative's `config-observability` (mounted directory or ConfigMap YAML): the
+    /// `tracing-protocol`, `tracing-endpoint` and `tracing-sampling-rate` keys, read at start-up.
+    #[arg(long, env = "ACTIVATOR_CONFIG_OBSERVABILITY")]
+    pub config_observability: Option<PathBuf>,
 }
 
 /// Where the control plane comes from.
@@ -130,7 +134,9 @@ pub struct Config {
     /// Log level override.
     pub log_level: Option<String>,
     /// `config-logging` (empty when not given).
-    pub logging: crate::logging::LoggingConfig,
+    pub logging: crate::configmap::LoggingConfig,
+    /// Span export from `config-observability`; `None` = off (Knative's default).
+    pub tracing: Option<shared::telemetry::otlp::ExportConfig>,
 }
 
 impl Config {
@@ -154,7 +160,8 @@ impl Config {
             max_queued_requests: 10_000,
             max_queued_bytes: 64 * 1024 * 1024,
             log_level: None,
-            logging: crate::logging::LoggingConfig::default(),
+            logging: crate::configmap::LoggingConfig::default(),
+            tracing: None,
         }
     }
 }
@@ -328,9 +335,14 @@ impl TryFrom<ServeArgs> for Config {
             max_queued_bytes: a.max_queued_bytes,
             log_level: a.log_level,
             logging: match &a.config_logging {
-                Some(p) => crate::logging::LoggingConfig::read(p)
+                Some(p) => crate::configmap::LoggingConfig::read(p)
                     .map_err(|e| bad("ACTIVATOR_CONFIG_LOGGING", e.to_string()))?,
-                None => crate::logging::LoggingConfig::default(),
+                None => crate::configmap::LoggingConfig::default(),
+            },
+            tracing: match &a.config_observability {
+                Some(p) => crate::configmap::read_tracing(p)
+                    .map_err(|e| bad("ACTIVATOR_CONFIG_OBSERVABILITY", e.to_string()))?,
+                None => None,
             },
         })
     }
@@ -398,6 +410,7 @@ mod tests {
             max_queued_bytes: 10,
             log_level: None,
             config_logging: None,
+            config_observability: None,
         }
     }
 

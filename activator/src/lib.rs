@@ -29,9 +29,9 @@
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod configmap;
 pub mod lb;
 pub mod local;
-pub mod logging;
 pub mod manager;
 pub mod memory;
 pub mod metrics;
@@ -204,6 +204,12 @@ pub(crate) async fn run_observed(
         metrics,
         catalog: catalog.subscribe(),
         applied,
+        tracer: config
+            .tracing
+            .clone()
+            .map_or_else(shared::telemetry::otlp::Tracer::disabled, |t| {
+                shared::telemetry::otlp::Tracer::start(t, background.clone())
+            }),
     });
     let stop_accepting = CancellationToken::new();
     let mut servers = tokio::task::JoinSet::new();

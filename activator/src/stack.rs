@@ -108,6 +108,8 @@ pub struct Handler {
     pub catalog: tokio::sync::watch::Receiver<Arc<crate::catalog::Snapshot>>,
     /// The catalog version the throttler manager has applied.
     pub applied: tokio::sync::watch::Receiver<u64>,
+    /// Span recording (disabled unless `config-observability` sets `tracing-protocol`).
+    pub tracer: shared::telemetry::otlp::Tracer,
 }
 
 fn full(resp: Response<Full<Bytes>>) -> Response<RespBody> {
@@ -300,6 +302,42 @@ fn probe_layer() -> impl tower::Layer<StackService, Service = StackService> + Cl
     })
 }
 
+/// Stage 3b: spans `handle` → `throttler_try` / `activator_proxy` → `<METHOD> <path>`
+/// (activator.md §8.5). Not a stage at all when tracing is off, so held requests carry nothing.
+fn trace_layer(
+    tracer: shared::telemetry::otlp::Tracer,
+) -> impl tower::Layer<StackService, Service = StackService> + Clone {
+    use shared::telemetry::otlp::request::{ACTIVATOR, RequestSpans};
+    tower::layer::layer_fn(move |inner: StackService| {
+        if !tracer.enabled() {
+            return inner;
+        }
+        let tracer = tracer.clone();
+        stage(inner, move |inner, mut req: Request<Incoming>| {
+            let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+            let started =
+                RequestSpans::start(&tracer, ACTIVATOR, &method, &path, req.headers_mut(), true);
+            let spans = started.map(|(spans, admitted)| {
+                if let Some(a) = admitted {
+                    req.extensions_mut().insert(a);
+                }
+                spans
+            });
+            let fut = call(inner, req);
+            async move {
+                let resp = fut.await;
+                match spans {
+                    Some(mut s) => {
+                        s.set_status(resp.status().as_u16());
+                        hold_until_end(resp, s)
+                    }
+                    None => resp,
+                }
+            }
+        })
+    })
+}
+
 /// Stage 4: revision resolution; puts the revision's throttler into the request extensions.
 fn resolve_layer(
     h: Arc<Handler>,
@@ -415,6 +453,8 @@ impl Handler {
             .layer(health_layer(Arc::clone(&self.health)))
             // Probes next: the KPA's scale-to-zero handshake must work for any host.
             .layer(probe_layer())
+            // Spans (when tracing is on) cover everything proxied, 404s included.
+            .layer(trace_layer(self.tracer.clone()))
             // Resolution before counting: unknown revisions are 404 and never reported.
             .layer(resolve_layer(Arc::clone(&self)))
             // Reporting wraps the timeout and the throttler, so held requests count.
@@ -439,6 +479,9 @@ impl Handler {
         let bytes = head_bytes(&req);
         let retryable = !is_upgrade_request(req.headers());
         let (mut parts, body) = req.into_parts();
+        let admitted = parts
+            .extensions
+            .remove::<shared::telemetry::otlp::request::Admitted>();
         if throttler.likely_to_wait() {
             compact_head(&mut parts);
         }
@@ -452,6 +495,9 @@ impl Handler {
                 Ok(l) => l,
                 Err(e) => return full(go_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())),
             };
+            if let Some(a) = &admitted {
+                a.mark();
+            }
             let dest = lease.tracker().dest.clone();
             let parts = match &original {
                 Some(p) if retryable => clone_parts(p),

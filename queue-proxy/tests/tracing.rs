@@ -5,49 +5,12 @@
 
 mod common;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use prost::Message as _;
-use shared::telemetry::otlp::{ExportTraceServiceRequest, Span};
+use http::StatusCode;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-async fn collector() -> (SocketAddr, mpsc::UnboundedReceiver<Span>, CancellationToken) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
-        let tx = tx.clone();
-        async move {
-            assert_eq!(req.uri().path(), "/v1/traces");
-            let body = req.into_body().collect().await.unwrap().to_bytes();
-            let msg = ExportTraceServiceRequest::decode(body.as_ref()).unwrap();
-            for rs in msg.resource_spans {
-                for ss in rs.scope_spans {
-                    for s in ss.spans {
-                        let _ = tx.send(s);
-                    }
-                }
-            }
-            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
-        }
-    });
-    tokio::spawn(shared::http::server::serve(
-        l,
-        svc,
-        shared::http::server::ServerOptions::default(),
-        stop.clone(),
-    ));
-    (addr, rx, stop)
-}
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|b| format!("{b:02x}")).collect()
@@ -56,7 +19,11 @@ fn hex(b: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_the_collector_with_knatives_names_and_parentage() {
     let app = start_app().await;
-    let (col, mut spans, _stop) = collector().await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let col = l.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let mut spans = shared::telemetry::otlp::collector::spawn(l, stop);
     let obs = format!(
         r#"{{"tracing":{{"protocol":"http/protobuf","endpoint":"{col}","samplingRate":1}}}}"#
     );

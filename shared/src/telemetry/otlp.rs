@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::trace::TraceContext;
 
+pub mod collector;
 pub mod request;
 
 // === wire messages (opentelemetry-proto v1) ===

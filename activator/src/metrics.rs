@@ -66,7 +66,7 @@ impl Metrics {
             m.conn.reachable.clone(),
         );
         reg.register(
-            "kn_activator_stats_conn_errors",
+            names::STATS_CONNECTION_ERRORS,
             "Autoscaler websocket disconnects",
             m.conn.errors.clone(),
         );

@@ -27,6 +27,8 @@ pub mod names {
     pub const ACTIVATOR_HOLD_DURATION: &str = "kn_activator_hold_duration_seconds";
     /// activator: stats websocket connected (gauge 0/1).
     pub const STATS_CONNECTION_UP: &str = "kn_activator_stats_connection_up";
+    /// activator: stats websocket disconnects (counter; prometheus-client appends `_total`).
+    pub const STATS_CONNECTION_ERRORS: &str = "kn_activator_stats_conn_errors";
 }
 
 /// Renders `registry` in the Prometheus text format.

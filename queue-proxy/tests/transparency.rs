@@ -507,9 +507,8 @@ async fn s19_framing_is_transparent_both_ways() {
     let r = c.exchange("GET /empty?last HTTP/1.1\nHost: app", b"").await;
     assert_eq!(r.status(), 200);
 
-    // An HTTP/1.0 upstream ending its body by closing: the client gets every byte. (Its own
-    // connection: the queue-proxy currently answers this with `HTTP/1.0` and closes the client
-    // connection, see finding 4 in docs/reliability.md, so keep-alive is not asserted here.)
+    // An HTTP/1.0 upstream ending its body by closing: the client gets every byte; an HTTP/1.1
+    // client gets `HTTP/1.1` framed by chunks and keeps its connection (finding 4, fixed).
     for (version, path) in [("HTTP/1.1", "/eof"), ("HTTP/1.0", "/eof?v10")] {
         let mut c = RawClient::connect(qp.serving).await;
         let r = c
@@ -528,6 +527,13 @@ async fn s19_framing_is_transparent_both_ways() {
         );
         if version == "HTTP/1.0" {
             assert!(!r.chunked, "chunked to an HTTP/1.0 client");
+        } else {
+            assert!(r.start.starts_with("HTTP/1.1 200"), "{}", r.start);
+            assert!(r.chunked, "an HTTP/1.1 client gets a framed body");
+            let again = c
+                .exchange("GET /empty?after-eof HTTP/1.1\nHost: app", b"")
+                .await;
+            assert_eq!(again.status(), 200, "the client connection stays open");
         }
     }
     assert_no_panic(&qp);

@@ -311,6 +311,12 @@ where
         } else {
             strip_response(resp.headers_mut());
         }
+        // An intermediary answers with its own version (RFC 9110 §2.5), as Go's ReverseProxy:
+        // an HTTP/1.0 upstream's close-delimited body then reaches an HTTP/1.1 client chunked on
+        // a connection that stays open, instead of as `HTTP/1.0` with the connection closed.
+        if !inbound_h2 && resp.version() == Version::HTTP_10 {
+            *resp.version_mut() = Version::HTTP_11;
+        }
         Ok(resp)
     }
 }

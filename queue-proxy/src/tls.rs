@@ -25,7 +25,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{CipherSuite, NamedGroup, ServerConfig};
-use shared::http::server::{ConnInfo, ServerOptions};
+use shared::http::server::ServerOptions;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -385,24 +385,8 @@ pub async fn serve_tls<S, B>(
     let local = listener.local_addr().ok();
     let graceful = Arc::new(GracefulShutdown::new());
     let handshakes = tokio_util::task::TaskTracker::new();
-    loop {
-        let (stream, remote) = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    tracing::warn!(error = %error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let info = ConnInfo {
-            remote,
-            local: local.unwrap_or(remote),
-        };
+    while let Some((stream, info)) = shared::http::server::accept(&listener, local, &shutdown).await
+    {
         let (svc, acceptor, builder, graceful) = (
             svc.clone(),
             acceptor.clone(),

@@ -47,6 +47,36 @@ pub struct ConnInfo {
     pub local: SocketAddr,
 }
 
+/// The next connection of `listener` (with `TCP_NODELAY` set) and its [`ConnInfo`], or `None`
+/// once `shutdown` is cancelled. Accept errors (EMFILE and friends) back off 50 ms instead of
+/// spinning or ending the loop. `local` is the listener's address, read once by the caller.
+pub async fn accept(
+    listener: &TcpListener,
+    local: Option<SocketAddr>,
+    shutdown: &CancellationToken,
+) -> Option<(TcpStream, ConnInfo)> {
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    let _ = stream.set_nodelay(true);
+                    let info = ConnInfo {
+                        remote,
+                        local: local.unwrap_or(remote),
+                    };
+                    return Some((stream, info));
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 /// Knobs of the HTTP server.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
@@ -109,25 +139,7 @@ pub async fn serve<S, B>(
     // gracefully (HTTP/1: close after the current response; HTTP/2: GOAWAY).
     let tracker = TaskTracker::new();
     let closing = CancellationToken::new();
-    loop {
-        let (stream, remote) = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    // EMFILE and friends: back off instead of spinning or dying.
-                    tracing::warn!(error = %error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let info = ConnInfo {
-            remote,
-            local: local.unwrap_or(remote),
-        };
+    while let Some((stream, info)) = accept(&listener, local, &shutdown).await {
         let svc = svc.clone();
         let verdicts = Verdicts::default();
         let seen = verdicts.clone();

@@ -6,6 +6,7 @@
 #
 #   benches/load/run.sh [DUR_S=3] [ROUNDS=3] [CONNS="1 10 50 300"]
 #   env: BIN=target/release (skip the build)  CC=10  SLEEP_CONNS="50 300"  HEY=1  IDLE=1
+#        OPEN="25 50 75" (open-loop loads, % of direct capacity; "" skips)  OPEN_CONNS=50
 #
 # Backend: examples/autoscale (Knative's autoscale-go in Rust, one thread): `/` answers at once
 # (trivial shape), `/?sleep=100` after 100 ms (Knative's benchmark shape).
@@ -21,6 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DUR=${1:-3}; ROUNDS=${2:-3}; CONNS=${3:-"1 10 50 300"}
 CC=${CC:-10}; SLEEP_CONNS=${SLEEP_CONNS:-"50 300"}; HEY=${HEY:-1}; IDLE=${IDLE:-1}
+OPEN=${OPEN-"25 50 75"}; OPEN_CONNS=${OPEN_CONNS:-50}
 OUT=benches/load/out; mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)"
 
@@ -33,9 +35,10 @@ if [ ${#need[@]} -gt 0 ]; then
   { service nginx stop; service haproxy stop; } >/dev/null 2>&1 || true
 fi
 if [ -z "${BIN:-}" ]; then
-  cargo build --release -q -p queue-proxy -p activator -p examples
+  cargo build --release -q -p queue-proxy -p activator -p examples -p benches --bin openloop
   BIN=target/release
 fi
+[ -z "$OPEN" ] || [ -x "$BIN/openloop" ] || cargo build --release -q -p benches --bin openloop
 
 PIDS=()
 # Background jobs may be shells around the real process: stop their children too.
@@ -225,6 +228,59 @@ run_cells() { # LAYOUT WRK_CPUS SHAPE PATH CONNS
 run_cells split 0 trivial / "$CONNS"
 run_cells split 0 sleep100 "/?sleep=100" "$SLEEP_CONNS"
 run_cells one-core 1 trivial / 1
+
+# Open loop (benchmarking.md §5.3): a fixed request rate at 25/50/75 % of direct's closed-loop
+# capacity (the best median req/s of direct in the split trivial cells above), so a proxy that
+# stalls cannot slow the load down. Latency is measured from each request's intended start
+# (benches/src/bin/openloop.rs). Rows go to raw.tsv with layout "open" and c = the load in %.
+open_cell() { # RATE URL -> "rps p50 p90 p99 reqs errors gen_cpu_pct"
+  python3 - "$@" "$BIN/openloop" "$OPEN_CONNS" "${HDR[@]}" <<'PY'
+import os, resource, subprocess, sys, time
+rate, url, exe, conns, hdr = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+args = ["taskset", "-c", "0", exe, "--url", url, "--rate", rate, "--duration", os.environ["DUR"],
+        "--warmup", "1", "--connections", conns]
+for i in range(0, len(hdr), 2): args += ["-H", hdr[i + 1]]
+t = time.monotonic()
+out = subprocess.run(args, capture_output=True, text=True).stdout.split()
+wall = time.monotonic() - t
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+rps, p50, p90, p99, p999, mx, reqs, errs = (out + ["0"] * 10)[:8]
+print(rps, p50, p90, p99, reqs, errs, round(100 * (ru.ru_utime + ru.ru_stime) / wall, 1))
+PY
+}
+if [ -n "$OPEN" ] && [ -s "$OUT/raw.tsv" ]; then
+  CAP=$(python3 - "$OUT/raw.tsv" <<'PY'
+import collections, statistics, sys
+by_c = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    f = line.split("\t")
+    if f[:2] == ["split", "trivial"] and f[4] == "direct": by_c[f[2]].append(float(f[5]))
+print(int(max((statistics.median(v) for v in by_c.values()), default=0)))
+PY
+)
+  echo "open loop: direct capacity $CAP req/s (closed loop, split layout)"
+  OPEN_VARIANTS=(direct queue-proxy activator+qp nginx haproxy); n=${#OPEN_VARIANTS[@]}
+  for pct in $OPEN; do
+    rate=$((CAP * pct / 100))
+    [ "$rate" -gt 0 ] || continue
+    for r in $(seq "$ROUNDS"); do
+      for i in $(seq 0 $((n-1))); do
+        v=${OPEN_VARIANTS[$(( (i + r) % n ))]}
+        url="http://127.0.0.1:${PORTOF[$v]}/"
+        t0=0; for p in ${PID[$v]}; do t0=$((t0 + $(cpu_ticks "$p"))); done
+        s0=$(steal_snap)
+        read -r rps p50 p90 p99 reqs bad gcpu < <(open_cell "$rate" "$url")
+        s1=$(steal_snap)
+        t1=0; for p in ${PID[$v]}; do t1=$((t1 + $(cpu_ticks "$p"))); done
+        # The warm-up second is sent too: CPU per request over everything sent.
+        cpu_us=$(python3 -c "print(round(($t1-$t0)/$HZ*1e6/max($rate*($DUR+1),1),2))")
+        steal=$(python3 -c "a='$s0'.split(); b='$s1'.split(); print(round(100*(int(b[1])-int(a[1]))/max(int(b[0])-int(a[0]),1),2))")
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' open trivial "$pct" "$r" "$v" \
+          "$rps" "$p50" "$p90" "$p99" "$cpu_us" "$bad" "$steal" "$gcpu" | tee -a "$OUT/raw.tsv"
+      done
+    done
+  done
+fi
 
 if [ "$HEY" = 1 ]; then
   # The seeds' shape, reported only as ratios (hey costs several times wrk's CPU per request).

@@ -7,7 +7,9 @@ by hand so no plotting package is needed.
     benches/load/summarize.py benches/load/out
 
 raw.tsv columns: layout shape c round variant rps p50_us p90_us p99_us cpu_us non2xx steal_pct
-wrk_cpu_pct. Ratios to direct are taken per round (rotated order, same round), then the median
+wrk_cpu_pct. Rows with layout "open" come from the open-loop generator (benches/src/bin/openloop.rs):
+there c is the offered load in % of direct's capacity, latencies run from each request's intended
+start, and the last column is the generator's CPU. Ratios to direct are taken per round (rotated order, same round), then the median
 and IQR over rounds are reported.
 """
 
@@ -137,7 +139,9 @@ def main():
         for g, v, d in items:
             groups.setdefault(g, []).append((v, d))
         bar_chart(os.path.join(out_dir, f"latency-{layout}-{shape}.svg"),
-                  f"Latency per variant ({layout} layout, {shape} backend, wrk closed loop)",
+                  (f"Latency per variant (open loop at c % of direct capacity, {shape} backend)"
+                   if layout == "open" else
+                   f"Latency per variant ({layout} layout, {shape} backend, wrk closed loop)"),
                   list(groups.items()), ["p50", "p90", "p99"], "µs", log=True)
     bar_chart(os.path.join(out_dir, "cpu.svg"), "Proxy CPU per request (utime+stime / requests)",
               list(cpu_groups.items()), ["CPU µs/req"], "µs per request")

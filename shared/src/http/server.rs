@@ -60,8 +60,11 @@ pub async fn accept(
             biased;
             _ = shutdown.cancelled() => return None,
             accepted = listener.accept() => match accepted {
-                Ok((stream, remote)) => {
+                Ok((stream, mut remote)) => {
                     let _ = stream.set_nodelay(true);
+                    // A dual-stack `[::]` listener reports IPv4 peers as `::ffff:a.b.c.d`; Go
+                    // unmaps them, so `X-Forwarded-For` and logs carry the plain IPv4 address.
+                    remote.set_ip(remote.ip().to_canonical());
                     let info = ConnInfo {
                         remote,
                         local: local.unwrap_or(remote),
@@ -279,6 +282,23 @@ mod tests {
         let stop = CancellationToken::new();
         let task = tokio::spawn(serve(l, svc, ServerOptions::default(), stop.clone()));
         (addr, stop, task)
+    }
+
+    #[tokio::test]
+    async fn accept_unmaps_ipv4_peers_of_a_dual_stack_listener() {
+        // Machines without IPv6 cannot bind `[::]`; nothing to check there.
+        let Ok(l) = TcpListener::bind("[::]:0").await else {
+            return;
+        };
+        let port = l.local_addr().unwrap().port();
+        let stop = CancellationToken::new();
+        let client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (_s, info) = tokio::time::timeout(DEADLINE, accept(&l, None, &stop))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.remote, client.local_addr().unwrap());
+        assert!(info.remote.is_ipv4(), "{}", info.remote);
     }
 
     #[tokio::test]

@@ -122,9 +122,7 @@ impl Local {
             let l = Arc::clone(&lines);
             std::thread::spawn(move || {
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    l.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(strip_ansi(&line));
+                    l.lock().unwrap_or_else(|e| e.into_inner()).push(line);
                 }
             });
         }
@@ -211,24 +209,6 @@ impl Drop for Local {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The log without terminal colour codes (`ESC [ ... m`).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn kill(pid: u64, sig: Signal) -> rustix::io::Result<()> {
@@ -465,6 +445,8 @@ fn hello_world_from_zero_answers_and_reports_the_time_split() {
         total_ms - pod_start_ms - scheduling_ms - readiness_ms
     );
     assert!(local.log_has("cold start"), "{}", local.log());
+    // Piped output carries no terminal colour codes.
+    assert!(!local.log().contains('\x1b'), "{}", local.log());
 
     // Unknown hosts are not routed, with a body that says so.
     let (code, _, body) = get(local.port, "/", "nope.default.example.com").expect("404");

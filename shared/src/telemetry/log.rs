@@ -143,7 +143,12 @@ pub fn init(format: LogFormat, level: Level) -> bool {
         .with_writer(std::io::stdout);
     match format {
         LogFormat::Zap(z) => builder.event_format(z).try_init().is_ok(),
+        // Colours only on a terminal: piped or redirected logs stay plain text (NO_COLOR too).
         LogFormat::Human => builder
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stdout())
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
             .compact()
             .with_target(false)
             .without_time()

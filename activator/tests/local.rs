@@ -646,6 +646,52 @@ fn crashed_pod_is_replaced() {
     assert_eq!((code, body.as_str()), (200, "Hello World!\n"));
 }
 
+/// A pod whose readiness probe starts failing leaves the endpoints (not replaced: it has not
+/// exited) and comes back once the probe passes again, as the kubelet's readiness does.
+#[test]
+fn pod_failing_readiness_leaves_the_endpoints_and_returns() {
+    let _serial = serial();
+    let dir = Dir::new("unready");
+    let yaml = dir.file(
+        "hello.yaml",
+        &hello(&[("min-scale", "1"), ("max-scale", "1")], "World").replace(
+            "          env:\n",
+            "          readinessProbe:\n            httpGet:\n              path: /\n            periodSeconds: 1\n            failureThreshold: 2\n          env:\n",
+        ),
+    );
+    let local = Local::start(&[yaml], &[]);
+    let rev = "hello-00001";
+    wait_until(Duration::from_secs(20), "a ready pod", || {
+        local.ready_pods(rev) == 1
+    });
+    let pod = local.status(rev)["pods"][0].clone();
+    let app = pod["app_pid"].as_u64().expect("app pid");
+    // A stopped app still accepts TCP connections (the kernel does) but answers no HTTP probe.
+    kill(app, Signal::STOP).expect("stop the app");
+    wait_until(
+        Duration::from_secs(20),
+        "the pod out of the endpoints",
+        || local.ready_pods(rev) == 0,
+    );
+    assert!(
+        local.log_has("pod not ready; removed from the endpoints"),
+        "{}",
+        local.log()
+    );
+    assert_eq!(
+        local.status(rev)["pods"][0]["name"],
+        pod["name"],
+        "not replaced"
+    );
+    kill(app, Signal::CONT).expect("continue the app");
+    wait_until(Duration::from_secs(20), "the pod ready again", || {
+        local.ready_pods(rev) == 1
+    });
+    assert_eq!(local.status(rev)["pods"][0]["name"], pod["name"]);
+    let (code, _, body) = get(local.port, "/", "hello.default.example.com").expect("request");
+    assert_eq!((code, body.as_str()), (200, "Hello World!\n"));
+}
+
 /// Every process under `pid`, with its start time (to tell a reused pid apart).
 fn descendants(pid: u32) -> BTreeSet<(u32, u64)> {
     let mut all = Vec::new();

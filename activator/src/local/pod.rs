@@ -46,6 +46,10 @@ pub struct Pod {
     pub user_port: u16,
     /// The queue-proxy answered its readiness probe.
     pub ready: bool,
+    /// Consecutive failed re-probes while ready (kubelet's `failureThreshold` count).
+    pub probe_failures: u32,
+    /// When a ready pod is probed again.
+    pub next_probe: Instant,
     /// When the processes were spawned.
     pub spawned: Instant,
     /// Spawn → the app accepting connections (set once, by a watcher task).
@@ -199,6 +203,8 @@ pub fn start(t: &PodTemplate, n: u64) -> std::io::Result<Pod> {
         metrics_port: metrics,
         user_port,
         ready: false,
+        probe_failures: 0,
+        next_probe: spawned,
         spawned,
         listening_after,
         qp_listening_after,
@@ -218,6 +224,36 @@ async fn watch_listening(port: u16, spawned: Instant, out: Arc<OnceLock<Duration
             return;
         }
         tokio::time::sleep(poll_interval(spawned)).await;
+    }
+}
+
+/// How a ready pod is re-probed, as the kubelet re-probes a readiness probe: every `period`,
+/// and out of the endpoints after `failure_threshold` consecutive failures (back in after one
+/// success). Taken from the container's `readinessProbe`; without `periodSeconds` the period is
+/// 1 s (kubelet's default is 10 s; locally a pod that stops answering should leave the routing
+/// within seconds), `failureThreshold` defaults to 3 as in Kubernetes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recheck {
+    /// Time between probes of a ready pod.
+    pub period: Duration,
+    /// Consecutive failures that take a pod out.
+    pub failure_threshold: u32,
+}
+
+impl Recheck {
+    /// From the container's `readinessProbe` (Kubernetes JSON), if any.
+    pub fn from_probe(probe: Option<&serde_json::Value>) -> Self {
+        let field = |k: &str| {
+            probe
+                .and_then(|p| p.get(k))
+                .and_then(serde_json::Value::as_u64)
+                .filter(|v| *v > 0)
+        };
+        Recheck {
+            period: Duration::from_secs(field("periodSeconds").unwrap_or(1)),
+            failure_threshold: field("failureThreshold")
+                .map_or(3, |v| u32::try_from(v).unwrap_or(u32::MAX)),
+        }
     }
 }
 
@@ -325,5 +361,33 @@ pub fn convert(s: shared::stats::Stat) -> autoscaler::Stat {
         proxied_request_count: s.proxied_request_count,
         process_uptime: s.process_uptime,
         timestamp: s.timestamp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn recheck_follows_the_readiness_probe_with_local_defaults() {
+        let default = Recheck {
+            period: Duration::from_secs(1),
+            failure_threshold: 3,
+        };
+        assert_eq!(Recheck::from_probe(None), default);
+        assert_eq!(Recheck::from_probe(Some(&json!({"httpGet": {}}))), default);
+        // periodSeconds 0 is Knative's "aggressive" marker, not a period.
+        assert_eq!(
+            Recheck::from_probe(Some(&json!({"periodSeconds": 0, "failureThreshold": 0}))),
+            default
+        );
+        assert_eq!(
+            Recheck::from_probe(Some(&json!({"periodSeconds": 5, "failureThreshold": 1}))),
+            Recheck {
+                period: Duration::from_secs(5),
+                failure_threshold: 1
+            }
+        );
     }
 }

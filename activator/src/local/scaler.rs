@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::pod::{self, Pod, PodTemplate};
+use super::pod::{self, Pod, PodTemplate, Recheck};
 use super::status::{self, StatusMap};
 use crate::Throttlers;
 use crate::catalog::{Catalog, Endpoints};
@@ -60,6 +60,7 @@ impl RevisionLoop {
         let mut cold: Option<ColdStart> = None;
         let mut last_cold = serde_json::Value::Null;
         let mut pending_report: Option<(ColdStart, String)> = None;
+        let recheck = Recheck::from_probe(self.template.plan.readiness_probe.as_ref());
         loop {
             let mut poked = false;
             tokio::select! {
@@ -98,9 +99,28 @@ impl RevisionLoop {
             if pods.len() != before {
                 last_tick = None;
             }
-            for p in pods.iter_mut().filter(|p| !p.ready) {
-                p.ready = p.probe().await;
+            // Not-ready pods are probed every poll, ready ones every `recheck.period`; all in
+            // parallel, so one pod that hangs a probe does not stall the others.
+            let now = Instant::now();
+            let due: Vec<usize> = (0..pods.len())
+                .filter(|&i| !pods[i].ready || now >= pods[i].next_probe)
+                .collect();
+            let results =
+                futures_util::future::join_all(due.iter().map(|&i| pods[i].probe())).await;
+            for (i, ok) in due.into_iter().zip(results) {
+                let p = &mut pods[i];
                 if p.ready {
+                    p.next_probe = Instant::now() + recheck.period;
+                    p.probe_failures = if ok { 0 } else { p.probe_failures + 1 };
+                    if p.probe_failures >= recheck.failure_threshold {
+                        p.ready = false;
+                        tracing::warn!(revision = %key, pod = %p.name, failures = p.probe_failures,
+                            "pod not ready; removed from the endpoints");
+                    }
+                } else if ok {
+                    p.ready = true;
+                    p.probe_failures = 0;
+                    p.next_probe = Instant::now() + recheck.period;
                     let start_ms = p.listening_after.get().map(|d| ms(*d));
                     tracing::info!(revision = %key, pod = %p.name, pod_start_ms = ?start_ms, "pod ready");
                     if let Some(c) = cold.take_if(|c| c.pod.as_deref() == Some(p.name.as_str())) {

@@ -16,8 +16,10 @@
 # Each round runs every variant once in a rotated order; per-round ratios to direct give the
 # median and IQR. Each cell: 1 s warm-up (discarded), then DUR s. Recorded per cell: /proc/stat
 # steal %, wrk's own CPU % (must stay < 90 %), proxy CPU µs per request (utime+stime of the
-# proxy processes / requests). PSS: idle, and per 1,000 idle keep-alive connections.
-# Output: benches/load/out/{raw.tsv,table.md,pss.md,hey.md,latency-*.svg,cpu.svg}.
+# proxy processes / requests). PSS: idle, per 1,000 idle keep-alive connections, and per 1,000
+# requests in flight (waiting at the backend).
+# Output: benches/load/out/{raw.tsv,table.md,pss.md,idle-conns.md,inflight-conns.md,hey.md,
+# latency-*.svg,cpu.svg}.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DUR=${1:-3}; ROUNDS=${2:-3}; CONNS=${3:-"1 10 50 300"}
@@ -175,9 +177,10 @@ if [ "$IDLE" = 1 ]; then
   { echo "| process | PSS before KiB | with 1,000 idle connections | KiB per connection |"; echo "|---|---|---|---|"
     for v in direct queue-proxy activator+qp nginx haproxy; do
       case $v in direct) p=$APP_PID;; queue-proxy) p=$QP_REAL;; activator+qp) p=$ACT_PID;; nginx) p=$NG_PID;; haproxy) p=$HA_PID;; esac
-      python3 - "${PORTOF[$v]}" "$p" "$v" <<'PY'
+      python3 - "${PORTOF[$v]}" "$p" "$v" / <<'PY'
 import socket, sys, time
-port, pid, name = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+port, pid, name, path = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+inflight = path != "/"
 def pss():
     import subprocess
     kids = subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split()
@@ -186,14 +189,15 @@ def pss():
         for line in open(f"/proc/{p}/smaps_rollup"):
             if line.startswith("Pss:"): t += int(line.split()[1])
     return t
-req = (b"GET / HTTP/1.1\r\nHost: hello.default.example.com\r\nKnative-Serving-Namespace: default\r\n"
+req = (f"GET {path} HTTP/1.1\r\n".encode() + b"Host: hello.default.example.com\r\nKnative-Serving-Namespace: default\r\n"
        b"Knative-Serving-Revision: hello-00001\r\n\r\n")
 before = pss(); socks = []
 for i in range(1000):
     s = socket.create_connection(("127.0.0.1", port), timeout=10); s.sendall(req); socks.append(s)
     if i % 100 == 99: time.sleep(0.01)
-for s in socks:
-    s.recv(4096)
+if not inflight:
+    for s in socks:
+        s.recv(4096)
 time.sleep(1.0)
 held = pss()
 for s in socks: s.close()
@@ -201,6 +205,39 @@ print(f"| {name} | {before} | {held} | {(held - before) / 1000:.2f} |")
 PY
       sleep 1
     done; } | tee "$OUT/idle-conns.md"
+  # ΔPSS per 1,000 requests in flight: each connection's request waits 4 s at the backend
+  # (`?sleep=4000`), PSS is read 1 s after the last was sent, then the clients leave.
+  { echo "| process | PSS before KiB | with 1,000 requests in flight | KiB per request |"; echo "|---|---|---|---|"
+    for v in direct queue-proxy activator+qp nginx haproxy; do
+      case $v in direct) p=$APP_PID;; queue-proxy) p=$QP_REAL;; activator+qp) p=$ACT_PID;; nginx) p=$NG_PID;; haproxy) p=$HA_PID;; esac
+      python3 - "${PORTOF[$v]}" "$p" "$v" "/?sleep=4000" <<'PY'
+import socket, sys, time
+port, pid, name, path = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+inflight = path != "/"
+def pss():
+    import subprocess
+    kids = subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split()
+    t = 0
+    for p in [pid] + kids:
+        for line in open(f"/proc/{p}/smaps_rollup"):
+            if line.startswith("Pss:"): t += int(line.split()[1])
+    return t
+req = (f"GET {path} HTTP/1.1\r\n".encode() + b"Host: hello.default.example.com\r\nKnative-Serving-Namespace: default\r\n"
+       b"Knative-Serving-Revision: hello-00001\r\n\r\n")
+before = pss(); socks = []
+for i in range(1000):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10); s.sendall(req); socks.append(s)
+    if i % 100 == 99: time.sleep(0.01)
+if not inflight:
+    for s in socks:
+        s.recv(4096)
+time.sleep(1.0)
+held = pss()
+for s in socks: s.close()
+print(f"| {name} | {before} | {held} | {(held - before) / 1000:.2f} |")
+PY
+      sleep 4
+    done; } | tee "$OUT/inflight-conns.md"
 fi
 
 : > "$OUT/raw.tsv"

@@ -15,7 +15,6 @@
 //! - [`stack`]: the request path.
 //! - [`timeout`]: revision timeouts after the response head.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`memory`]: gives memory freed after a burst of held requests back to the OS.
 //! - [`simulate`]: the autoscaler what-if simulator.
 //! - [`local`]: Knative Services as local processes.
 //!
@@ -33,7 +32,6 @@ pub mod configmap;
 pub mod lb;
 pub mod local;
 pub mod manager;
-pub mod memory;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;
@@ -150,7 +148,7 @@ pub(crate) async fn run_observed(
         }
         None => {}
     }
-    tokio::spawn(memory::run(background.clone()));
+    tokio::spawn(shared::memory::run(background.clone()));
     let mut registry = Registry::default();
     let conn = match &stats_sink {
         StatsSink::Websocket(ws) => ws.metrics().clone(),

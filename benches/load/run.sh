@@ -174,7 +174,7 @@ export DUR
 if [ "$IDLE" = 1 ]; then
   # ΔPSS per 1,000 idle keep-alive connections (each sent one request, then idles). Measured
   # before any load, so memory freed by earlier cells cannot hide the growth.
-  { echo "| process | PSS before KiB | with 1,000 idle connections | KiB per connection |"; echo "|---|---|---|---|"
+  { echo "| process | PSS before KiB | with 1,000 idle connections | KiB per connection | 1.5 s after they left |"; echo "|---|---|---|---|---|"
     for v in direct queue-proxy activator+qp nginx haproxy; do
       case $v in direct) p=$APP_PID;; queue-proxy) p=$QP_REAL;; activator+qp) p=$ACT_PID;; nginx) p=$NG_PID;; haproxy) p=$HA_PID;; esac
       python3 - "${PORTOF[$v]}" "$p" "$v" / <<'PY'
@@ -201,13 +201,14 @@ if not inflight:
 time.sleep(1.0)
 held = pss()
 for s in socks: s.close()
-print(f"| {name} | {before} | {held} | {(held - before) / 1000:.2f} |")
+time.sleep(1.5)
+print(f"| {name} | {before} | {held} | {(held - before) / 1000:.2f} | {pss()} |")
 PY
       sleep 1
     done; } | tee "$OUT/idle-conns.md"
   # ΔPSS per 1,000 requests in flight: each connection's request waits 4 s at the backend
   # (`?sleep=4000`), PSS is read 1 s after the last was sent, then the clients leave.
-  { echo "| process | PSS before KiB | with 1,000 requests in flight | KiB per request |"; echo "|---|---|---|---|"
+  { echo "| process | PSS before KiB | with 1,000 requests in flight | KiB per request | 1.5 s after they left |"; echo "|---|---|---|---|---|"
     for v in direct queue-proxy activator+qp nginx haproxy; do
       case $v in direct) p=$APP_PID;; queue-proxy) p=$QP_REAL;; activator+qp) p=$ACT_PID;; nginx) p=$NG_PID;; haproxy) p=$HA_PID;; esac
       python3 - "${PORTOF[$v]}" "$p" "$v" "/?sleep=4000" <<'PY'
@@ -234,7 +235,8 @@ if not inflight:
 time.sleep(1.0)
 held = pss()
 for s in socks: s.close()
-print(f"| {name} | {before} | {held} | {(held - before) / 1000:.2f} |")
+time.sleep(1.5)
+print(f"| {name} | {before} | {held} | {(held - before) / 1000:.2f} | {pss()} |")
 PY
       sleep 4
     done; } | tee "$OUT/inflight-conns.md"

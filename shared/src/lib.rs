@@ -10,6 +10,7 @@
 //!   the upstream forwarding core ([`http::proxy`]) and body guards ([`http::body`]).
 //! - [`breaker`]: Knative's breaker (capacity + bounded queue, permits held to end of body).
 //! - [`stats`]: the `Stat` / `WireStatMessages` protobuf messages.
+//! - [`memory`]: gives memory freed after a burst back to the OS (glibc's `malloc_trim`).
 //! - [`telemetry`]: zap-style JSON logs, metric names, trace-context propagation.
 //! - [`shutdown`]: SIGTERM/SIGINT into a `CancellationToken`.
 #![deny(missing_docs)]
@@ -17,6 +18,7 @@
 pub mod breaker;
 pub mod error;
 pub mod http;
+pub mod memory;
 pub mod shutdown;
 pub mod stats;
 pub mod telemetry;

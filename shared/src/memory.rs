@@ -1,7 +1,7 @@
 //! Gives memory freed after a burst back to the OS (glibc only).
 //!
-//! Thousands of held requests cost tens of MiB (connection buffers, request state). When their
-//! clients go away everything is freed at once, but glibc's malloc keeps freed chunks inside its
+//! Thousands of held requests (activator) or open connections (queue-proxy) cost tens of MiB
+//! (connection buffers, request state). When their clients go away everything is freed at once, but glibc's malloc keeps freed chunks inside its
 //! arenas, and only trims the very top of the main heap: RSS stayed at the peak (300 MiB after
 //! 10,000 held requests) although nothing was in use (Knative's #13583 is this failure mode made
 //! permanent). This loop watches how many free bytes malloc holds (`mallinfo2`, summed over all

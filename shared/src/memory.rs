@@ -40,30 +40,64 @@ pub async fn run(shutdown: CancellationToken) {
                 .await
                 .unwrap_or(false);
             tracing::debug!(free_bytes = free, released, "malloc_trim");
+            // What the trim gave back must not count as a change in the next sample.
+            if let Some(after) = sys::free_bytes() {
+                trimmer.resample(after);
+            }
         }
     }
 }
 
 /// When to trim, from successive samples of malloc's free bytes (pure, so it is unit-tested).
+///
+/// Two triggers: a burst (at least [`TRIM_THRESHOLD`] newly free), and a settled process (at
+/// least [`SETTLED_THRESHOLD`] newly free and the free count steady for [`SETTLED_TICKS`]
+/// samples). The second catches the tail of a burst that frees in steps below the threshold,
+/// e.g. pooled upstream connections closing 1.5 s after their clients left, which otherwise
+/// stayed resident for good (+3–5 MiB).
 #[derive(Debug, Default)]
 pub struct Trimmer {
     /// Free bytes right after the last trim, lowered whenever malloc reuses free memory.
     base: Option<usize>,
+    /// The previous sample.
+    last: Option<usize>,
+    /// Consecutive samples within [`SETTLED_SLACK`] of the previous one.
+    steady: u32,
 }
 
+/// Newly free bytes worth a trim once the process has settled.
+pub const SETTLED_THRESHOLD: usize = 512 * 1024;
+/// Change between samples that still counts as steady.
+pub const SETTLED_SLACK: usize = 64 * 1024;
+/// Steady samples before a settled trim.
+pub const SETTLED_TICKS: u32 = 2;
+
 impl Trimmer {
+    /// Records the free count right after a trim (it may differ from the sample that caused it).
+    pub fn resample(&mut self, free: usize) {
+        self.base = Some(free);
+        self.last = Some(free);
+    }
+
     /// Whether to trim now, given the free bytes malloc holds.
     pub fn should_trim(&mut self, free: usize) -> bool {
         let base = *self.base.get_or_insert(free);
+        let steady = self
+            .last
+            .replace(free)
+            .is_some_and(|l| l.abs_diff(free) <= SETTLED_SLACK);
+        self.steady = if steady { self.steady + 1 } else { 0 };
         if free < base {
             // Free memory was reused: what is freed next counts from here.
             self.base = Some(free);
             return false;
         }
-        if free - base >= TRIM_THRESHOLD {
+        let fresh = free - base;
+        if fresh >= TRIM_THRESHOLD || (fresh >= SETTLED_THRESHOLD && self.steady >= SETTLED_TICKS) {
             // Trimmed chunks stay "free" in malloc's books, so the next trim waits for as much
             // newly freed memory again.
             self.base = Some(free);
+            self.steady = 0;
             return true;
         }
         false
@@ -114,6 +148,27 @@ mod tests {
         assert!(!t.should_trim(500));
         assert!(!t.should_trim(500 + TRIM_THRESHOLD / 2));
         assert!(t.should_trim(500 + TRIM_THRESHOLD));
+    }
+
+    #[test]
+    fn trims_the_settled_tail_of_a_burst_below_the_threshold() {
+        let mut t = Trimmer::default();
+        assert!(!t.should_trim(1_000));
+        let tail = 1_000 + SETTLED_THRESHOLD;
+        assert!(!t.should_trim(tail), "just freed: not settled yet");
+        assert!(!t.should_trim(tail + 10), "steady once");
+        assert!(t.should_trim(tail + 20), "steady twice: trim");
+        assert!(!t.should_trim(tail + 20), "nothing new since");
+        // Less than SETTLED_THRESHOLD new, however long it stays: no trim.
+        for _ in 0..10 {
+            assert!(!t.should_trim(tail + 20 + SETTLED_THRESHOLD - 1));
+        }
+        // Busy (free count moving): only the burst threshold applies.
+        let mut busy = Trimmer::default();
+        assert!(!busy.should_trim(0));
+        for i in 1..=7 {
+            assert!(!busy.should_trim(i * SETTLED_THRESHOLD / 2 + i * SETTLED_SLACK));
+        }
     }
 
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -13,6 +13,7 @@
 //! - [`reporter`]: concurrency reporter and stats sinks (autoscaler websocket, channel).
 //! - [`proxy`]: the activator's rewriting for the hop to a pod.
 //! - [`stack`]: the request path.
+//! - [`park`]: holds a new HTTP/1 connection's first request outside hyper while it waits.
 //! - [`timeout`]: revision timeouts after the response head.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`simulate`]: the autoscaler what-if simulator.
@@ -33,6 +34,7 @@ pub mod lb;
 pub mod local;
 pub mod manager;
 pub mod metrics;
+pub mod park;
 pub mod probe;
 pub mod proxy;
 pub mod reporter;
@@ -50,7 +52,7 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use prometheus_client::registry::Registry;
 use shared::http::proxy::ClientOptions;
-use shared::http::server::{ServerOptions, serve};
+use shared::http::server::{ServerOptions, serve, serve_with};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -211,11 +213,14 @@ pub(crate) async fn run_observed(
     });
     let stop_accepting = CancellationToken::new();
     let mut servers = tokio::task::JoinSet::new();
+    // New HTTP/1 connections whose first request must wait are held outside hyper (`park`).
+    let parker: Arc<dyn shared::http::park::FirstHead> = park::Parker::new(Arc::clone(&handler));
     for l in std::iter::once(listeners.http1).chain(listeners.h2c) {
-        servers.spawn(serve(
+        servers.spawn(serve_with(
             l,
             Arc::clone(&handler).service(),
             ServerOptions::default(),
+            Some(Arc::clone(&parker)),
             stop_accepting.clone(),
         ));
     }

@@ -46,6 +46,7 @@ use tower::util::BoxCloneSyncService;
 
 use crate::catalog::RevisionKey;
 use crate::metrics::Metrics;
+use crate::park::Parked;
 use crate::proxy::{ReclaimBody, rewrite_for_dest};
 use crate::reporter::{Reporter, StatsSink};
 use crate::throttler::RevisionThrottler;
@@ -59,7 +60,7 @@ const MAX_DIAL_ATTEMPTS: usize = 3;
 
 /// Fixed per-request overhead counted against the byte bound besides the head itself
 /// (connection buffers and task state while held).
-const HELD_REQUEST_OVERHEAD: usize = 2048;
+pub(crate) const HELD_REQUEST_OVERHEAD: usize = 2048;
 
 /// Kubelet health: draining or not connected to the autoscaler means unhealthy.
 #[derive(Debug)]
@@ -173,21 +174,31 @@ pub fn resolve_in_snapshot<B>(
     cluster_domain: &str,
     snap: &crate::catalog::Snapshot,
 ) -> RevisionKey {
-    if !snap.splits.is_empty()
-        && headers::first(req.headers(), &KNATIVE_SERVING_REVISION).is_none_or(str::is_empty)
-    {
-        let host = headers::first(req.headers(), &http::header::HOST)
-            .or_else(|| req.uri().host())
-            .unwrap_or("");
-        let bare = match host.rsplit_once(':') {
-            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => host,
-        };
-        if let Some(s) = snap.splits.get(&bare.to_ascii_lowercase()) {
-            return s.pick().clone();
-        }
+    if let Some(s) = split_of(req, snap) {
+        return s.pick().clone();
     }
     resolve_key(req, cluster_domain, &snap.routes)
+}
+
+/// The traffic split that picks the revision for `req`, if one does (no routing header and a
+/// split for the host).
+pub(crate) fn split_of<'s, B>(
+    req: &Request<B>,
+    snap: &'s crate::catalog::Snapshot,
+) -> Option<&'s Arc<crate::split::TrafficSplit>> {
+    if snap.splits.is_empty()
+        || headers::first(req.headers(), &KNATIVE_SERVING_REVISION).is_some_and(|v| !v.is_empty())
+    {
+        return None;
+    }
+    let host = headers::first(req.headers(), &http::header::HOST)
+        .or_else(|| req.uri().host())
+        .unwrap_or("");
+    let bare = match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    snap.splits.get(&bare.to_ascii_lowercase())
 }
 
 fn head_bytes<B>(req: &Request<B>) -> usize {
@@ -347,6 +358,12 @@ fn resolve_layer(
         stage(inner, move |inner, mut req: Request<Incoming>| {
             let h = Arc::clone(&h);
             async move {
+                if let Some(p) = req.extensions().get::<Parked>() {
+                    // Held outside hyper: resolved (and found) when it arrived.
+                    let throttler = Arc::clone(p.throttler());
+                    req.extensions_mut().insert(throttler);
+                    return call(inner, req).await;
+                }
                 let (key, version) = {
                     // Short synchronous read of the current snapshot; never held across an await.
                     let snap = h.catalog.borrow();
@@ -397,7 +414,13 @@ fn report_layer(
                 let Some(t) = throttler_of(&req) else {
                     return internal_error();
                 };
-                let in_flight = reporter.request_in(&t.key);
+                // A request held outside hyper was reported when it arrived.
+                let in_flight = match req.extensions().get::<Parked>() {
+                    Some(p) => p
+                        .take_in_flight()
+                        .unwrap_or_else(|| reporter.request_in(&t.key)),
+                    None => reporter.request_in(&t.key),
+                };
                 hold_until_end(call(inner, req).await, in_flight)
             }
         })
@@ -414,22 +437,33 @@ fn timeout_layer() -> impl tower::Layer<StackService, Service = StackService> + 
                 return internal_error();
             };
             let spec = t.spec();
-            let deadline = Instant::now() + spec.timeout;
+            // A request held outside hyper counts from its arrival, like one held inside.
+            let parked = req.extensions().get::<Parked>();
+            if parked.is_some_and(Parked::timed_out) {
+                return timed_out();
+            }
+            let arrived = parked.map_or_else(Instant::now, Parked::arrived);
+            let deadline = arrived + spec.timeout;
             let limit = spec
                 .response_start_timeout
                 .map_or(spec.timeout, |r| r.min(spec.timeout));
-            match tokio::time::timeout(limit, call(inner, req)).await {
+            match tokio::time::timeout_at(arrived + limit, call(inner, req)).await {
                 Ok(resp) if resp.extensions().get::<Tunnel>().is_some() => resp,
                 Ok(resp) => {
                     resp.map(|b| TimeoutBody::new(b, deadline, spec.idle_timeout).boxed_unsync())
                 }
-                Err(_) => full(shared::http::response::sniffed_text(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "activator request timeout",
-                )),
+                Err(_) => timed_out(),
             }
         })
     })
+}
+
+/// The revision timeout passed before the response head.
+fn timed_out() -> Response<RespBody> {
+    full(shared::http::response::sniffed_text(
+        StatusCode::GATEWAY_TIMEOUT,
+        "activator request timeout",
+    ))
 }
 
 impl Handler {
@@ -475,14 +509,17 @@ impl Handler {
         throttler: &Arc<RevisionThrottler>,
         req: Request<Incoming>,
     ) -> Response<RespBody> {
-        let arrived = Instant::now();
         let bytes = head_bytes(&req);
         let retryable = !is_upgrade_request(req.headers());
         let (mut parts, body) = req.into_parts();
         let admitted = parts
             .extensions
             .remove::<shared::telemetry::otlp::request::Admitted>();
-        if throttler.likely_to_wait() {
+        // Held outside hyper: the wait is over and its outcome (lease or refusal) is here.
+        let parked = parts.extensions.remove::<Parked>();
+        let arrived = parked.as_ref().map_or_else(Instant::now, Parked::arrived);
+        let mut held = parked.as_ref().and_then(Parked::take_lease);
+        if held.is_none() && throttler.likely_to_wait() {
             compact_head(&mut parts);
         }
         // Upgrade requests keep hyper's upgrade handle (in the extensions) and are never retried.
@@ -491,7 +528,11 @@ impl Handler {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let lease = match throttler.acquire(bytes).await {
+            let acquired = match held.take() {
+                Some(res) => res,
+                None => throttler.acquire(bytes).await,
+            };
+            let lease = match acquired {
                 Ok(l) => l,
                 Err(e) => return full(go_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())),
             };

@@ -83,6 +83,11 @@ async fn fake_pod_on(listener: TcpListener, ready: bool, delay_ms: usize) -> Fak
             }
             *st.last_headers.lock().unwrap() = Some(req.headers().clone());
             *st.last_version.lock().unwrap() = Some(req.version());
+            if req.uri().path() == "/echo" {
+                st.hits.fetch_add(1, Ordering::SeqCst);
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                return Ok(Response::new(Full::new(body)));
+            }
             if req.headers().contains_key("upgrade") {
                 return Ok(websocket_echo(req));
             }
@@ -959,6 +964,249 @@ async fn overall_timeout_cuts_a_slow_body() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "start activator request timeout");
     stop.cancel();
+}
+
+// === held outside hyper (first request of a new HTTP/1 connection; activator::park) ===
+
+/// Sends `parts` on a fresh connection, the later ones once the request is held.
+async fn raw_held(a: &Activator, parts: &[&str]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(a.addr).await.unwrap();
+    s.write_all(parts[0].as_bytes()).await.unwrap();
+    for p in &parts[1..] {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        s.write_all(p.as_bytes()).await.unwrap();
+    }
+    s
+}
+
+/// Reads one HTTP/1 response (with `Content-Length`, or until the connection ends): status line
+/// and body.
+async fn raw_response(s: &mut tokio::net::TcpStream) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no response in time: {:?}", String::from_utf8_lossy(&out)))
+            .unwrap();
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            });
+            let status = head.lines().next().unwrap_or("").to_owned();
+            if n == 0 || len.is_some_and(|l| body.len() >= l) {
+                return (status, body.to_owned());
+            }
+            if len.is_none() && body.ends_with("0\r\n\r\n") {
+                return (status, dechunk(body));
+            }
+        }
+        assert!(n > 0, "connection closed before a response: {text:?}");
+    }
+}
+
+/// A complete chunked body, decoded (no trailers, no extensions).
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").unwrap();
+        let size = usize::from_str_radix(size, 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_from_zero_on_fresh_connections_none_lost_bodies_intact() {
+    let a = start(config(), StatsSink::Discard).await;
+    a.catalog.upsert_revision(key(), spec(2));
+    let n = 40;
+    let mut conns = Vec::new();
+    for i in 0..n {
+        let body = format!("body-{i}-").repeat(10);
+        let (first, rest) = body.split_at(7);
+        let head = format!(
+            "POST /echo HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {}\r\n\r\n{first}",
+            body.len()
+        );
+        // Half of them send the rest of the body while held.
+        let parts: Vec<&str> = if i % 2 == 0 {
+            vec![&head, rest]
+        } else {
+            vec![&head]
+        };
+        let mut s = raw_held(&a, &parts).await;
+        if i % 2 == 1 {
+            use tokio::io::AsyncWriteExt;
+            s.write_all(rest.as_bytes()).await.unwrap();
+        }
+        conns.push((s, body));
+    }
+    wait_for("all held", async || {
+        gauge(&a, "kn_revision_request_queued").await == n as f64
+    })
+    .await;
+    let pod = fake_pod(true, 2).await;
+    a.catalog.set_endpoints(&key(), eps(&[&pod]));
+    for (mut s, body) in conns {
+        let (status, got) = raw_response(&mut s).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        assert_eq!(got, body);
+    }
+    assert_eq!(pod.state.hits.load(Ordering::SeqCst), n);
+    assert!(pod.state.max.load(Ordering::SeqCst) <= 2, "cc = 2 enforced");
+    assert_eq!(gauge(&a, "kn_revision_request_queued").await, 0.0);
+    assert_eq!(gauge(&a, "kn_revision_request_active").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_then_kept_alive_connection_serves_later_requests() {
+    use tokio::io::AsyncWriteExt;
+    let a = start(config(), StatsSink::Discard).await;
+    a.catalog.upsert_revision(key(), spec(1));
+    let get = format!("GET /x HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    let mut s = raw_held(&a, &[&get]).await;
+    wait_for("held", async || {
+        gauge(&a, "kn_revision_request_queued").await == 1.0
+    })
+    .await;
+    let pod = fake_pod(true, 0).await;
+    a.catalog.set_endpoints(&key(), eps(&[&pod]));
+    let (status, _) = raw_response(&mut s).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    // The connection stays usable; the next request goes through hyper as usual.
+    s.write_all(get.as_bytes()).await.unwrap();
+    let (status, body) = raw_response(&mut s).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(body, pod.addr.to_string());
+    assert_eq!(pod.state.hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_client_reset_frees_the_slot_and_reports_nothing_left() {
+    let a = start(config(), StatsSink::Discard).await;
+    a.catalog.upsert_revision(key(), spec(1));
+    let get = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(raw_held(&a, &[&get]).await);
+    }
+    wait_for("held", async || {
+        gauge(&a, "kn_revision_request_queued").await == 5.0
+    })
+    .await;
+    for s in held {
+        // SO_LINGER 0: the close is a reset.
+        #[allow(deprecated)]
+        s.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(s);
+    }
+    wait_for("slots freed", async || {
+        gauge(&a, "kn_revision_request_queued").await == 0.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_past_the_revision_timeout_is_504() {
+    let a = start(config(), StatsSink::Discard).await;
+    a.catalog.upsert_revision(
+        key(),
+        RevisionSpec {
+            timeout: Duration::from_millis(300),
+            ..spec(1)
+        },
+    );
+    let started = Instant::now();
+    let mut s = raw_held(
+        &a,
+        &[&format!(
+            "POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 3\r\n\r\nabc"
+        )],
+    )
+    .await;
+    let (status, body) = raw_response(&mut s).await;
+    assert!(status.starts_with("HTTP/1.1 504"), "{status}");
+    assert_eq!(body, "activator request timeout");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(gauge(&a, "kn_revision_request_queued").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_beyond_the_queue_bound_is_503() {
+    let mut cfg = config();
+    cfg.max_queued_requests = 2;
+    let a = start(cfg, StatsSink::Discard).await;
+    a.catalog.upsert_revision(key(), spec(1));
+    let get = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    let _held = [raw_held(&a, &[&get]).await, raw_held(&a, &[&get]).await];
+    wait_for("held", async || {
+        gauge(&a, "kn_revision_request_queued").await == 2.0
+    })
+    .await;
+    let mut s = raw_held(&a, &[&get]).await;
+    let (status, body) = raw_response(&mut s).await;
+    assert!(status.starts_with("HTTP/1.1 503"), "{status}");
+    assert_eq!(body, "pending request queue full\n");
+    assert_eq!(gauge(&a, "kn_revision_request_queued").await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_held_from_zero_still_upgrades() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let a = start(config(), StatsSink::Discard).await;
+    a.catalog.upsert_revision(key(), spec(1));
+    let mut req = format!("ws://{}/ws", a.addr).into_client_request().unwrap();
+    req.headers_mut().insert("host", HOST.parse().unwrap());
+    let ws = tokio::spawn(tokio_tungstenite::connect_async(req));
+    wait_for("held", async || {
+        gauge(&a, "kn_revision_request_queued").await == 1.0
+    })
+    .await;
+    let pod = fake_pod(true, 0).await;
+    a.catalog.set_endpoints(&key(), eps(&[&pod]));
+    let (mut ws, resp) = timeout(DEADLINE, ws).await.unwrap().unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws.send(Message::text("hi")).await.unwrap();
+    let echo = timeout(DEADLINE, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo.into_text().unwrap().as_str(), "hi");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_requests_keep_waiting_through_the_drain() {
+    let mut cfg = config();
+    cfg.drain_delay = Duration::from_millis(100);
+    let a = start(cfg, StatsSink::Discard).await;
+    a.catalog.upsert_revision(key(), spec(1));
+    let get = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    let mut s = raw_held(&a, &[&get]).await;
+    wait_for("held", async || {
+        gauge(&a, "kn_revision_request_queued").await == 1.0
+    })
+    .await;
+    a.shutdown.drain.cancel();
+    // Past the drain delay: the listener is closed, the held request still waits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(tokio::net::TcpStream::connect(a.addr).await.is_err());
+    let pod = fake_pod(true, 0).await;
+    a.catalog.set_endpoints(&key(), eps(&[&pod]));
+    let (status, _) = raw_response(&mut s).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
 }
 
 // === the real binary ===

@@ -15,6 +15,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 
 use super::framing::{Inspect, Tracker, Verdict, Verdicts};
+use super::park::{self, First, FirstHead, Rewind};
 use super::response::go_error;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4) a prior-knowledge h2c client sends first.
@@ -127,6 +130,28 @@ pub async fn serve<S, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_with(listener, svc, opts, None, shutdown).await;
+}
+
+/// [`serve`], with `hold` offered the first request head of every new HTTP/1 connection: a
+/// connection it holds waits outside hyper (socket and head bytes only) until the hold
+/// resolves, then hyper serves it as if it had read the bytes itself ([`super::park`]).
+/// Held connections are in flight: shutdown waits for them like for hyper's requests.
+pub async fn serve_with<S, B>(
+    listener: TcpListener,
+    svc: S,
+    opts: ServerOptions,
+    hold: Option<Arc<dyn FirstHead>>,
+    shutdown: CancellationToken,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut h1 = hyper::server::conn::http1::Builder::new();
     h1.timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout)
@@ -137,79 +162,166 @@ pub async fn serve<S, B>(
         .max_headers(opts.max_headers);
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new());
+    // Shared by every connection, so a connection's task carries one pointer, not the builders.
+    let common = Arc::new(Common { h1, h2, opts, hold });
     let local = listener.local_addr().ok();
     // Connections are tracked so shutdown can wait for them; `closing` asks each one to finish
     // gracefully (HTTP/1: close after the current response; HTTP/2: GOAWAY).
     let tracker = TaskTracker::new();
     let closing = CancellationToken::new();
     while let Some((stream, info)) = accept(&listener, local, &shutdown).await {
-        let svc = svc.clone();
-        let verdicts = Verdicts::default();
-        let seen = verdicts.clone();
-        let hsvc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            let rejected = reject_hostile(&req, &seen);
-            req.extensions_mut().insert(info);
-            let svc = svc.clone();
-            async move {
-                if let Some(resp) = rejected {
-                    return Ok::<_, Infallible>(resp.map(Either::Right));
-                }
-                svc.oneshot(req).await.map(|r| r.map(Either::Left))
-            }
-        });
-        let (h1, h2, closing) = (h1.clone(), h2.clone(), closing.clone());
-        let (http1_only, sniff_timeout) = (opts.http1_only, opts.header_read_timeout);
-        let (max_header_bytes, max_headers) = (opts.max_header_bytes, opts.max_headers);
-        tracker.spawn(async move {
-            let h2c = !http1_only
-                && tokio::select! {
-                    sniffed = tokio::time::timeout(sniff_timeout, is_h2_preface(&stream)) => {
-                        match sniffed {
-                            Ok(Ok(h2c)) => h2c,
-                            // Closed, failed or silent before sending anything decisive.
-                            _ => return,
-                        }
-                    }
-                    // Shutting down: a connection that has not sent a request yet has nothing
-                    // in flight, so it is closed at once (hyper-util's auto builder did so too).
-                    _ = closing.cancelled() => return,
-                };
-            let result = if h2c {
-                let conn = h2.serve_connection(TokioIo::new(stream), hsvc);
-                tokio::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => r,
-                    _ = closing.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                }
-            } else {
-                // HTTP/1 bytes pass through the framing tracker on their way into hyper.
-                let io = Inspect::new(
-                    stream,
-                    Tracker::new(max_header_bytes, max_headers),
-                    verdicts,
-                );
-                let conn = h1.serve_connection(TokioIo::new(io), hsvc).with_upgrades();
-                tokio::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => r,
-                    _ = closing.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                }
-            };
-            if let Err(error) = result {
-                tracing::debug!(error = %error, "connection ended with error");
-            }
-        });
+        tracker.spawn(connection(
+            Arc::clone(&common),
+            svc.clone(),
+            stream,
+            info,
+            closing.clone(),
+        ));
     }
     drop(listener);
     closing.cancel();
     tracker.close();
     tracker.wait().await;
+}
+
+/// What every connection of one [`serve_with`] shares.
+struct Common {
+    h1: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    opts: ServerOptions,
+    hold: Option<Arc<dyn FirstHead>>,
+}
+
+/// One connection: protocol sniffing, the optional hold of its first request, then hyper.
+///
+/// hyper's connection futures are boxed, so a held connection's task is only this function's
+/// small state (socket, head bytes, the hold) rather than the size of hyper's state machine.
+async fn connection<S, B>(
+    common: Arc<Common>,
+    svc: S,
+    stream: TcpStream,
+    info: ConnInfo,
+    closing: CancellationToken,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let opts = &common.opts;
+    let h2c = !opts.http1_only
+        && tokio::select! {
+            sniffed = tokio::time::timeout(opts.header_read_timeout, is_h2_preface(&stream)) => {
+                match sniffed {
+                    Ok(Ok(h2c)) => h2c,
+                    // Closed, failed or silent before sending anything decisive.
+                    _ => return,
+                }
+            }
+            // Shutting down: a connection that has not sent a request yet has nothing
+            // in flight, so it is closed at once (hyper-util's auto builder did so too).
+            _ = closing.cancelled() => return,
+        };
+    let mut pre = Vec::new();
+    let mut first = None;
+    if let (false, Some(hook)) = (h2c, &common.hold) {
+        let read = tokio::select! {
+            r = tokio::time::timeout(
+                opts.header_read_timeout,
+                park::first_request(&stream, &mut pre, hook.as_ref(), &info),
+            ) => Some(r),
+            _ = closing.cancelled() => None,
+        };
+        match read {
+            Some(Ok(Ok(First::Hold(hold)))) => match park::wait(&stream, &mut pre, hold).await {
+                Some(ext) => first = Some(std::sync::Mutex::new(Some(ext))),
+                // The client left while held.
+                None => return,
+            },
+            Some(Ok(Ok(First::Hyper))) => {}
+            // Gone before a complete head, or silent past the header read timeout: hyper
+            // closes such connections without an answer too.
+            Some(Ok(Err(_)) | Err(_)) => return,
+            // Shutting down mid-head: hyper reads the rest and answers (see below).
+            None if pre.is_empty() => return,
+            None => {}
+        }
+    }
+    let verdicts = Verdicts::default();
+    let seen = verdicts.clone();
+    let hsvc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let rejected = reject_hostile(&req, &seen);
+        // The hold's extensions go to the first request only (a held connection's first
+        // request is the one that was held: it is the first hyper parses).
+        if let Some(ext) = first
+            .as_ref()
+            .and_then(|f| f.lock().ok().and_then(|mut g| g.take()))
+        {
+            req.extensions_mut().extend(ext);
+        }
+        req.extensions_mut().insert(info);
+        let svc = svc.clone();
+        async move {
+            if let Some(resp) = rejected {
+                return Ok::<_, Infallible>(resp.map(Either::Right));
+            }
+            svc.oneshot(req).await.map(|r| r.map(Either::Left))
+        }
+    });
+    let result = if h2c {
+        Box::pin(async {
+            let conn = common.h2.serve_connection(TokioIo::new(stream), hsvc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = closing.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        })
+        .await
+    } else {
+        Box::pin(async {
+            // HTTP/1 bytes (replayed ones first) pass through the framing tracker on their
+            // way into hyper.
+            let replay = !pre.is_empty();
+            let io = Inspect::new(
+                Rewind::new(stream, pre),
+                Tracker::new(opts.max_header_bytes, opts.max_headers),
+                verdicts,
+            );
+            let conn = common
+                .h1
+                .serve_connection(TokioIo::new(io), hsvc)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = closing.cancelled() => {
+                    // hyper closes a connection it has not read from yet at once when asked
+                    // to shut down gracefully. One we read a head from (held through the start
+                    // of shutdown, say) has a request in flight: let hyper read it first, then
+                    // it finishes that request and closes.
+                    if replay {
+                        let first = std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx)));
+                        if let Poll::Ready(r) = first.await {
+                            return r;
+                        }
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        })
+        .await
+    };
+    if let Err(error) = result {
+        tracing::debug!(error = %error, "connection ended with error");
+    }
 }
 
 /// Whether the client starts with the HTTP/2 preface, decided from as few bytes as possible

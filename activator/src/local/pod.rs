@@ -277,24 +277,35 @@ fn poll_interval(spawned: Instant) -> Duration {
     }
 }
 
-/// `K-Network-Probe: queue` to a queue-proxy, as the activator sends it: 200 once the user
-/// container passed the readiness probe, 503 before and while draining.
+/// `K-Network-Probe: queue` to a queue-proxy, as the activator sends it (with its user agent,
+/// which is what makes the queue-proxy answer the probe itself instead of proxying it to the app
+/// as a request): 200 with the body `queue` once the user container passed the readiness probe,
+/// 503 before and while draining.
 async fn probe_queue(port: u16) -> bool {
     let ask = async {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
         s.write_all(
-            b"GET / HTTP/1.1\r\nHost: localhost\r\nK-Network-Probe: queue\r\nConnection: close\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nK-Network-Probe: queue\r\n\
+              User-Agent: Knative-Activator-Probe\r\nConnection: close\r\n\r\n",
         )
         .await
         .ok()?;
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).await.ok()?;
-        Some(&head[9..12] == b"200")
+        let mut answer = Vec::with_capacity(256);
+        s.read_to_end(&mut answer).await.ok()?;
+        Some(is_queue_ok(&answer))
     };
     matches!(
         tokio::time::timeout(Duration::from_millis(500), ask).await,
         Ok(Some(true))
     )
+}
+
+/// A `200` whose body is `queue` (the activator's success test; an app answering 200 is not).
+fn is_queue_ok(answer: &[u8]) -> bool {
+    let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    answer.starts_with(b"HTTP/1.1 200") && &answer[at + 4..] == b"queue"
 }
 
 /// SIGTERM to the queue-proxy (it fails probes, drains, exits), bounded; then the app stops.
@@ -368,6 +379,18 @@ pub fn convert(s: shared::stats::Stat) -> autoscaler::Stat {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_the_queue_proxys_own_answer_counts_as_ready() {
+        assert!(is_queue_ok(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nqueue"
+        ));
+        assert!(!is_queue_ok(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 13\r\n\r\nHello World!\n"
+        ));
+        assert!(!is_queue_ok(b"HTTP/1.1 503 Service Unavailable\r\n\r\n"));
+        assert!(!is_queue_ok(b"HTTP/1.1 200 OK\r\n"));
+    }
 
     #[test]
     fn recheck_follows_the_readiness_probe_with_local_defaults() {

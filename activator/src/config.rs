@@ -75,7 +75,8 @@ pub struct ServeArgs {
     #[arg(long, env = "ACTIVATOR_CONFIG_LOGGING")]
     pub config_logging: Option<PathBuf>,
     /// Knative's `config-observability` (mounted directory or ConfigMap YAML): the
-    /// `tracing-protocol`, `tracing-endpoint` and `tracing-sampling-rate` keys, read at start-up.
+    /// `tracing-protocol`, `tracing-endpoint`, `tracing-sampling-rate`,
+    /// `logging.enable-request-log` and `logging.request-log-template` keys, read at start-up.
     #[arg(long, env = "ACTIVATOR_CONFIG_OBSERVABILITY")]
     pub config_observability: Option<PathBuf>,
 }
@@ -137,6 +138,8 @@ pub struct Config {
     pub logging: crate::configmap::LoggingConfig,
     /// Span export from `config-observability`; `None` = off (Knative's default).
     pub tracing: Option<shared::telemetry::otlp::ExportConfig>,
+    /// Request log template from `config-observability`; `None` = off (Knative's default).
+    pub request_log: Option<shared::telemetry::reqlog::Template>,
 }
 
 impl Config {
@@ -162,6 +165,7 @@ impl Config {
             log_level: None,
             logging: crate::configmap::LoggingConfig::default(),
             tracing: None,
+            request_log: None,
         }
     }
 }
@@ -341,6 +345,11 @@ impl TryFrom<ServeArgs> for Config {
             },
             tracing: match &a.config_observability {
                 Some(p) => crate::configmap::read_tracing(p)
+                    .map_err(|e| bad("ACTIVATOR_CONFIG_OBSERVABILITY", e.to_string()))?,
+                None => None,
+            },
+            request_log: match &a.config_observability {
+                Some(p) => crate::configmap::read_request_log(p)
                     .map_err(|e| bad("ACTIVATOR_CONFIG_OBSERVABILITY", e.to_string()))?,
                 None => None,
             },

@@ -1,5 +1,6 @@
 //! Knative's ConfigMaps for the activator: `config-logging` (`zap-logger-config` and its
-//! `level`, `loglevel.activator` winning over it) and the tracing keys of `config-observability`.
+//! `level`, `loglevel.activator` winning over it) and the tracing and request-log keys of
+//! `config-observability`.
 //!
 //! Knative's activator reads them through the API server (logging live, tracing at start-up); we
 //! read both once at start-up from where a Deployment can put them without API access: a mounted
@@ -115,6 +116,43 @@ pub fn read_tracing(
     .map_err(|e| err(format!("tracing-*: {e}")))
 }
 
+/// `config-observability`'s request-log keys: the parsed template when
+/// `logging.enable-request-log` is `"true"`, else `None`. Without a
+/// `logging.request-log-template` key Knative's stock template is used.
+///
+/// # Errors
+/// Enabled with an empty template (Knative's validation rejects it too), or a template with an
+/// action we do not support; the message names the key.
+pub fn read_request_log(
+    path: &Path,
+) -> Result<Option<shared::telemetry::reqlog::Template>, LoggingConfigError> {
+    const ENABLE: &str = "logging.enable-request-log";
+    const TEMPLATE: &str = "logging.request-log-template";
+    let err = |reason: String| LoggingConfigError {
+        path: path.display().to_string(),
+        reason,
+    };
+    let data = read_configmap(path, &[ENABLE, TEMPLATE])?;
+    let enabled = match data.get(ENABLE).map(|v| v.trim()) {
+        None | Some("") => false,
+        Some(v) => v
+            .parse::<bool>()
+            .map_err(|_| err(format!("{ENABLE}: {v:?} is not true or false")))?,
+    };
+    if !enabled {
+        return Ok(None);
+    }
+    let template = data
+        .get(TEMPLATE)
+        .map_or(shared::telemetry::reqlog::DEFAULT_TEMPLATE, String::as_str);
+    if template.trim().is_empty() {
+        return Err(err(format!("{TEMPLATE}: empty, but {ENABLE} is \"true\"")));
+    }
+    shared::telemetry::reqlog::Template::parse(template)
+        .map(Some)
+        .map_err(|e| err(format!("{TEMPLATE}: {e}")))
+}
+
 const ZAP_KEY: &str = "zap-logger-config";
 const LEVEL_KEY: &str = "loglevel.activator";
 
@@ -223,6 +261,34 @@ mod tests {
         std::fs::write(v.join("tracing-protocol"), "zipkin").unwrap();
         let e = read_tracing(&v).unwrap_err().to_string();
         assert!(e.contains("zipkin"), "{e}");
+    }
+
+    #[test]
+    fn request_log_from_config_observability() {
+        let v = tmp("reqlog");
+        std::fs::create_dir_all(&v).unwrap();
+        assert!(read_request_log(&v).unwrap().is_none(), "off by default");
+        std::fs::write(v.join("logging.request-log-template"), "{{.Request.URL}}").unwrap();
+        assert!(
+            read_request_log(&v).unwrap().is_none(),
+            "a template alone is not enough"
+        );
+        std::fs::write(v.join("logging.enable-request-log"), "true").unwrap();
+        assert!(read_request_log(&v).unwrap().is_some());
+        std::fs::write(v.join("logging.request-log-template"), "").unwrap();
+        let e = read_request_log(&v).unwrap_err().to_string();
+        assert!(e.contains("logging.request-log-template: empty"), "{e}");
+        std::fs::write(v.join("logging.request-log-template"), "{{if .X}}").unwrap();
+        let e = read_request_log(&v).unwrap_err().to_string();
+        assert!(e.contains("logging.request-log-template"), "{e}");
+        std::fs::remove_file(v.join("logging.request-log-template")).unwrap();
+        assert!(
+            read_request_log(&v).unwrap().is_some(),
+            "the stock template"
+        );
+        std::fs::write(v.join("logging.enable-request-log"), "yes").unwrap();
+        let e = read_request_log(&v).unwrap_err().to_string();
+        assert!(e.contains("logging.enable-request-log"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`split`]: traffic splits by percent (one host, several revisions).
 //! - [`probe`]: pod readiness probing.
 //! - [`reporter`]: concurrency reporter and stats sinks (autoscaler websocket, channel).
+//! - [`reqlog`]: the request log line (`config-observability`), written at the end of a response.
 //! - [`proxy`]: the activator's rewriting for the hop to a pod.
 //! - [`stack`]: the request path.
 //! - [`park`]: holds a new HTTP/1 connection's first request outside hyper while it waits.
@@ -38,6 +39,7 @@ pub mod park;
 pub mod probe;
 pub mod proxy;
 pub mod reporter;
+pub mod reqlog;
 pub mod simulate;
 pub mod source;
 pub mod split;
@@ -210,6 +212,7 @@ pub(crate) async fn run_observed(
             .map_or_else(shared::telemetry::otlp::Tracer::disabled, |t| {
                 shared::telemetry::otlp::Tracer::start(t, background.clone())
             }),
+        request_log: config.request_log.clone().map(Arc::new),
     });
     let stop_accepting = CancellationToken::new();
     let mut servers = tokio::task::JoinSet::new();

@@ -7,7 +7,8 @@
 //! 3. **Activator probe**: `K-Network-Probe: activator` → 200 `activator` (the KPA's
 //!    scale-to-zero handshake depends on it); other values → 400.
 //! 4. **Revision resolution** from `Knative-Serving-Namespace`/`-Revision`, else the host
-//!    `<rev>.<ns>.svc.<domain>`; unknown → 404 with Knative's text.
+//!    `<rev>.<ns>.svc.<domain>`; unknown → 404 with Knative's text. Then the request log, when
+//!    enabled ([`crate::reqlog`]).
 //! 5. **Concurrency reporting**: wraps everything below, so held requests count.
 //! 6. **Timeout**: `timeoutSeconds` (and `responseStartTimeoutSeconds`) until the response head,
 //!    including the time held → 504 `activator request timeout`.
@@ -111,6 +112,8 @@ pub struct Handler {
     pub applied: tokio::sync::watch::Receiver<u64>,
     /// Span recording (disabled unless `config-observability` sets `tracing-protocol`).
     pub tracer: shared::telemetry::otlp::Tracer,
+    /// Request log (`config-observability`'s `logging.enable-request-log`); `None` = off.
+    pub request_log: Option<Arc<shared::telemetry::reqlog::Template>>,
 }
 
 fn full(resp: Response<Full<Bytes>>) -> Response<RespBody> {
@@ -394,6 +397,38 @@ fn resolve_layer(
     })
 }
 
+/// Stage 4b: the request log, when enabled; the line is written when the response ends.
+fn reqlog_layer(
+    template: Option<Arc<shared::telemetry::reqlog::Template>>,
+) -> impl tower::Layer<StackService, Service = StackService> + Clone {
+    tower::layer::layer_fn(move |inner: StackService| {
+        let Some(template) = template.clone() else {
+            return inner;
+        };
+        stage(inner, move |inner, req: Request<Incoming>| {
+            let start = req
+                .extensions()
+                .get::<Parked>()
+                .map_or_else(Instant::now, Parked::arrived);
+            let line = throttler_of(&req)
+                .map(|t| crate::reqlog::Line::start(Arc::clone(&template), &req, &t, start));
+            let fut = call(inner, req);
+            async move {
+                let resp = fut.await;
+                let Some(mut line) = line else {
+                    return resp;
+                };
+                line.set_code(resp.status().as_u16());
+                if let Some(tunnel) = resp.extensions().get::<Tunnel>() {
+                    tunnel.hold(line);
+                    return resp;
+                }
+                resp.map(|b| shared::http::body::Counted::new(b, line).boxed_unsync())
+            }
+        })
+    })
+}
+
 fn throttler_of(req: &Request<Incoming>) -> Option<Arc<RevisionThrottler>> {
     req.extensions().get::<Arc<RevisionThrottler>>().cloned()
 }
@@ -491,6 +526,8 @@ impl Handler {
             .layer(trace_layer(self.tracer.clone()))
             // Resolution before counting: unknown revisions are 404 and never reported.
             .layer(resolve_layer(Arc::clone(&self)))
+            // Request log inside resolution (as Knative's): 404s and probes are not logged.
+            .layer(reqlog_layer(self.request_log.clone()))
             // Reporting wraps the timeout and the throttler, so held requests count.
             .layer(report_layer(Arc::clone(&self.reporter)))
             // The timeout wraps throttler and proxy: the clock includes the time held.

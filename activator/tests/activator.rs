@@ -1468,3 +1468,110 @@ async fn probe_connection_is_reused_by_the_first_request() {
         "one connection for the probe and the request"
     );
 }
+
+/// `config-observability` with `logging.enable-request-log`: one line per routed request on
+/// stdout, rendered from the template when the response ends; probes and 404s for unknown
+/// revisions are not logged (activator.md §8.6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_log_lines_for_routed_requests_only() {
+    let pod = fake_pod(true, 0).await;
+    let dir = std::env::temp_dir().join(format!("activator-reqlog-{}", std::process::id()));
+    let obs = dir.join("config-observability");
+    std::fs::create_dir_all(&obs).unwrap();
+    std::fs::write(obs.join("logging.enable-request-log"), "true").unwrap();
+    std::fs::write(
+        obs.join("logging.request-log-template"),
+        "REQLOG {{.Request.Method}} {{js .Request.RequestURI}} {{.Response.Code}} \
+         {{.Response.Size}} {{.Revision.Namespace}}/{{.Revision.Name}} {{.Request.UserAgent}}",
+    )
+    .unwrap();
+    let file = dir.join("catalog.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "revisions:\n- namespace: ns\n  name: rev\n  ready: [\"{}\"]\n",
+            pod.addr
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_activator"))
+        .env_clear()
+        .env("POD_NAME", "a")
+        .env("POD_IP", "10.0.0.1")
+        .env("SYSTEM_NAMESPACE", "knative-serving")
+        .env("ACTIVATOR_CONFIG_OBSERVABILITY", &obs)
+        .args(["--source", &format!("file:{}", file.display())])
+        .args(["--stats-sink", "none", "--metrics-addr", "none"])
+        .args(["--http1-addr", &format!("127.0.0.1:{port}")])
+        .args(["--h2c-addr", &format!("127.0.0.1:{}", free_port())])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let fake = Activator {
+        addr,
+        metrics: addr,
+        catalog: Catalog::new(),
+        shutdown: Shutdown::default(),
+    };
+    wait_for("listening", async || {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    let c = client();
+    wait_for("revision served", async || {
+        get(&c, &fake, HOST).await.0 == StatusCode::OK
+    })
+    .await;
+    let send = |host: &'static str, probe: bool| {
+        let c = c.clone();
+        async move {
+            let mut req = Request::builder()
+                .uri(format!("http://{addr}/logged?a=1"))
+                .header("host", host)
+                .header("user-agent", "reqlog-test/1");
+            if probe {
+                req = req
+                    .header("k-network-probe", "probe")
+                    .header("k-network-hash", "h");
+            }
+            let resp = c
+                .request(req.body(Full::new(Bytes::new())).unwrap())
+                .await
+                .unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, body.len())
+        }
+    };
+    let (status, size) = send(HOST, false).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        send("nope.ns.svc.cluster.local", false).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(send(HOST, true).await.0, StatusCode::OK);
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &child.id().unwrap().to_string()])
+        .status();
+    let mut out = String::new();
+    let mut stdout = child.stdout.take().unwrap();
+    timeout(
+        DEADLINE,
+        tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut out),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("REQLOG ")).collect();
+    let routed: Vec<&&str> = lines.iter().filter(|l| l.contains("reqlog-test")).collect();
+    assert_eq!(
+        routed,
+        // Go's `js` escapes `=`.
+        [&format!("REQLOG GET /logged?a\\u003D1 200 {size} ns/rev reqlog-test/1").as_str()],
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

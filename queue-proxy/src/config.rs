@@ -208,7 +208,7 @@ pub struct Observability {
 }
 
 /// Knative's default request-log template (§7.6), verbatim.
-pub const DEFAULT_REQUEST_LOG_TEMPLATE: &str = r#"{"httpRequest": {"requestMethod": "{{.Request.Method}}", "requestUrl": "{{js .Request.RequestURI}}", "requestSize": "{{.Request.ContentLength}}", "status": {{.Response.Code}}, "responseSize": "{{.Response.Size}}", "userAgent": "{{js .Request.UserAgent}}", "remoteIp": "{{js .Request.RemoteAddr}}", "serverIp": "{{.Revision.PodIP}}", "referer": "{{js .Request.Referer}}", "latency": "{{.Response.Latency}}s", "protocol": "{{.Request.Proto}}"}, "traceId": "{{.TraceID}}"}"#;
+pub const DEFAULT_REQUEST_LOG_TEMPLATE: &str = shared::telemetry::reqlog::DEFAULT_TEMPLATE;
 
 impl Default for Observability {
     fn default() -> Self {

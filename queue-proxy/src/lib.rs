@@ -24,7 +24,7 @@ pub mod drain;
 pub mod h2c;
 pub mod observe;
 pub mod probe;
-pub mod reqlog;
+pub use shared::telemetry::reqlog;
 pub mod stack;
 pub mod stats;
 pub mod tls;

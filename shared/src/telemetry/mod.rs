@@ -3,4 +3,5 @@
 pub mod log;
 pub mod metrics;
 pub mod otlp;
+pub mod reqlog;
 pub mod trace;

@@ -1,9 +1,12 @@
-//! Request logs (`queue-proxy.md` §7.6): Knative's Go `text/template` over
+//! Request logs (`queue-proxy.md` §7.6, `activator.md` §8.6): Knative's Go `text/template` over
 //! `{Request, Response, Revision, TraceID}`, reduced to what templates use in practice: plain
 //! text plus `{{.Field.Path}}` and `{{js .Field.Path}}` actions over the fields below. Any other
 //! action is rejected at start-up (Knative: an invalid template is a constructor error).
 
 use std::fmt::Write as _;
+
+/// Knative's stock `logging.request-log-template` (config-observability).
+pub const DEFAULT_TEMPLATE: &str = r#"{"httpRequest": {"requestMethod": "{{.Request.Method}}", "requestUrl": "{{js .Request.RequestURI}}", "requestSize": "{{.Request.ContentLength}}", "status": {{.Response.Code}}, "responseSize": "{{.Response.Size}}", "userAgent": "{{js .Request.UserAgent}}", "remoteIp": "{{js .Request.RemoteAddr}}", "serverIp": "{{.Revision.PodIP}}", "referer": "{{js .Request.Referer}}", "latency": "{{.Response.Latency}}s", "protocol": "{{.Request.Proto}}"}, "traceId": "{{.TraceID}}"}"#;
 
 /// Fields a template may reference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,11 +243,10 @@ fn js_escape(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DEFAULT_REQUEST_LOG_TEMPLATE;
 
     #[test]
     fn renders_knatives_default_template() {
-        let t = Template::parse(DEFAULT_REQUEST_LOG_TEMPLATE).unwrap();
+        let t = Template::parse(DEFAULT_TEMPLATE).unwrap();
         let e = Entry {
             method: "GET".into(),
             request_uri: "/a?b=\"c\"".into(),

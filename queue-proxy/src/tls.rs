@@ -16,20 +16,17 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{CipherSuite, NamedGroup, ServerConfig};
-use shared::http::server::ServerOptions;
+use shared::http::server::{Handshaken, ServerOptions, serve_handshaken};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 /// Facts about a request's TLS connection, in its extensions (read by the request log).
 #[derive(Clone, Debug)]
@@ -356,7 +353,9 @@ pub fn provider_for(cfg: &TlsConfig) -> CryptoProvider {
 }
 
 /// Serves `svc` over TLS on `listener` until `shutdown`, then waits for open connections as
-/// [`shared::http::server::serve`] does. The handshake is bounded by the header-read timeout.
+/// [`shared::http::server::serve`] does: after the handshake (bounded by the header-read
+/// timeout; HTTP/2 when ALPN chose `h2`) a connection takes exactly the plain port's path,
+/// framing checks, exact header limits and graceful shutdown included.
 pub async fn serve_tls<S, B>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -369,42 +368,17 @@ pub async fn serve_tls<S, B>(
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
-        .max_buf_size(opts.max_header_bytes.max(8192))
-        .max_headers(opts.max_headers);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
-    let local = listener.local_addr().ok();
-    let graceful = Arc::new(GracefulShutdown::new());
-    let handshakes = tokio_util::task::TaskTracker::new();
-    while let Some((stream, info)) = shared::http::server::accept(&listener, local, &shutdown).await
-    {
-        let (svc, acceptor, builder, graceful) = (
-            svc.clone(),
-            acceptor.clone(),
-            builder.clone(),
-            graceful.clone(),
-        );
-        let limit = opts.header_read_timeout;
-        // The handshake runs off the accept loop so a slow client cannot stall it.
-        handshakes.spawn(async move {
-            let tls = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
+    let handshake = move |stream| {
+        let acceptor = acceptor.clone();
+        async move {
+            let tls = match acceptor.accept(stream).await {
+                Ok(tls) => tls,
+                Err(error) => {
                     tracing::debug!(error = %error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!("TLS handshake timed out");
-                    return;
+                    return None;
                 }
             };
             let (_, conn) = tls.get_ref();
@@ -419,29 +393,17 @@ pub async fn serve_tls<S, B>(
                     .unwrap_or_default(),
                 server_name: conn.server_name().unwrap_or_default().to_owned(),
             };
-            let hsvc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(info);
-                req.extensions_mut().insert(tls_info.clone());
-                svc.clone().oneshot(req)
-            });
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), hsvc)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(error) = conn.await {
-                    tracing::debug!(error = %error, "TLS connection ended with error");
-                }
-            });
-        });
-    }
-    drop(listener);
-    handshakes.close();
-    handshakes.wait().await;
-    match Arc::try_unwrap(graceful) {
-        Ok(g) => g.shutdown().await,
-        Err(_) => tracing::debug!("TLS connections still starting at shutdown"),
-    }
+            let h2 = tls_info.alpn == "h2";
+            let mut extensions = http::Extensions::new();
+            extensions.insert(tls_info);
+            Some(Handshaken {
+                io: tls,
+                h2,
+                extensions,
+            })
+        }
+    };
+    serve_handshaken(listener, svc, opts, handshake, shutdown).await;
 }
 
 #[cfg(test)]

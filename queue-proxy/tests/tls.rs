@@ -5,6 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 
 use common::*;
 
@@ -252,4 +253,80 @@ async fn a_rotated_certificate_is_reloaded_and_logged_with_knatives_line() {
     }
     drop(qp);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One raw HTTP/1.1 exchange over TLS (our own client, so the bytes are exactly ours): sends
+/// `raw`, returns everything the server wrote before closing (bounded).
+async fn tls_raw(addr: std::net::SocketAddr, ca_pem: &[u8], raw: &[u8]) -> String {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    // A closed or reset connection ends the answer; both are fine here.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        tls.read_to_end(&mut out),
+    )
+    .await
+    .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The TLS port takes the plain port's path after the handshake: a request with both
+/// `Content-Length` and `Transfer-Encoding` gets 400 and an oversized head 431, and neither
+/// reaches the app (scenarios 17 and 18 of docs/reliability.md, over TLS).
+#[tokio::test]
+async fn tls_port_rejects_ambiguous_framing_and_oversized_heads_like_the_plain_port() {
+    let app = start_app().await;
+    let dir = cert_dir("hostile");
+    write_self_signed(&dir);
+    let qp = start_qp(env(app.addr.port()).set("QUEUE_TLS_CERT_DIR", dir.to_str().unwrap())).await;
+    let tls = qp.tls.expect("TLS listener");
+    let ca = std::fs::read(dir.join("tls.crt")).unwrap();
+    let hits = app.stats.hits.load(std::sync::atomic::Ordering::SeqCst);
+
+    let out = tls_raw(
+        tls,
+        &ca,
+        b"POST /headers HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\
+          Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+
+    let big = format!(
+        "GET /headers HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(shared::http::server::MAX_HEADER_BYTES)
+    );
+    let out = tls_raw(tls, &ca, big.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+
+    // A plain request on the same port still works, and only it reached the app.
+    let out = tls_raw(
+        tls,
+        &ca,
+        b"GET /headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(
+        app.stats.hits.load(std::sync::atomic::Ordering::SeqCst),
+        hits + 1
+    );
 }

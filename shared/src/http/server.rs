@@ -152,31 +152,85 @@ pub async fn serve_with<S, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut h1 = hyper::server::conn::http1::Builder::new();
-    h1.timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
-        // max_buf_size alone is a soft limit (a read may overshoot it and the head still
-        // parse); max_header_size is checked on the parsed head too, so 431 is exact.
-        .max_header_size(opts.max_header_bytes)
-        .max_buf_size(opts.max_header_bytes.max(8192))
-        .max_headers(opts.max_headers);
-    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    h2.timer(TokioTimer::new());
-    // Shared by every connection, so a connection's task carries one pointer, not the builders.
-    let common = Arc::new(Common { h1, h2, opts, hold });
+    let common = Common::new(opts, hold);
+    accept_loop(listener, shutdown, move |stream, info, closing| {
+        connection(Arc::clone(&common), svc.clone(), stream, info, closing)
+    })
+    .await;
+}
+
+/// A connection after a handshake step (TLS): the stream to speak HTTP on, whether it speaks
+/// HTTP/2 (ALPN), and extensions added to every request on it.
+pub struct Handshaken<I> {
+    /// The decrypted stream.
+    pub io: I,
+    /// HTTP/2 (else HTTP/1.1).
+    pub h2: bool,
+    /// Added to every request (e.g. the negotiated TLS parameters).
+    pub extensions: http::Extensions,
+}
+
+/// [`serve`] with a handshake step before HTTP (the queue-proxy's TLS port): everything after
+/// it is the plain path, framing checks and graceful shutdown included. The handshake is
+/// bounded by the header-read timeout and abandoned at shutdown; `None` drops the connection.
+pub async fn serve_handshaken<S, B, H, Fut, I>(
+    listener: TcpListener,
+    svc: S,
+    opts: ServerOptions,
+    handshake: H,
+    shutdown: CancellationToken,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    H: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<Handshaken<I>>> + Send + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let common = Common::new(opts, None);
+    accept_loop(listener, shutdown, move |stream, info, closing| {
+        let (common, svc) = (Arc::clone(&common), svc.clone());
+        let hs = handshake(stream);
+        async move {
+            let limit = common.opts.header_read_timeout;
+            let done = tokio::select! {
+                r = tokio::time::timeout(limit, hs) => r,
+                _ = closing.cancelled() => return,
+            };
+            let Ok(Some(h)) = done else {
+                tracing::debug!("handshake failed or timed out");
+                return;
+            };
+            let extra = (!h.extensions.is_empty()).then_some(h.extensions);
+            let io = Io {
+                io: h.io,
+                h2: h.h2,
+                pre: Vec::new(),
+                first: None,
+                extra,
+            };
+            drive(&common, svc, io, info, closing).await;
+        }
+    })
+    .await;
+}
+
+/// Accepts until `shutdown`, runs `conn` for each connection, then asks them to finish
+/// (`closing`: HTTP/1 closes after the current response, HTTP/2 sends GOAWAY) and waits.
+async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: CancellationToken, conn: F)
+where
+    F: Fn(TcpStream, ConnInfo, CancellationToken) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let local = listener.local_addr().ok();
-    // Connections are tracked so shutdown can wait for them; `closing` asks each one to finish
-    // gracefully (HTTP/1: close after the current response; HTTP/2: GOAWAY).
     let tracker = TaskTracker::new();
     let closing = CancellationToken::new();
     while let Some((stream, info)) = accept(&listener, local, &shutdown).await {
-        tracker.spawn(connection(
-            Arc::clone(&common),
-            svc.clone(),
-            stream,
-            info,
-            closing.clone(),
-        ));
+        tracker.spawn(conn(stream, info, closing.clone()));
     }
     drop(listener);
     closing.cancel();
@@ -184,12 +238,39 @@ pub async fn serve_with<S, B>(
     tracker.wait().await;
 }
 
-/// What every connection of one [`serve_with`] shares.
+/// What every connection of one server shares (one pointer per connection task, not the
+/// builders).
 struct Common {
     h1: hyper::server::conn::http1::Builder,
     h2: hyper::server::conn::http2::Builder<TokioExecutor>,
     opts: ServerOptions,
     hold: Option<Arc<dyn FirstHead>>,
+}
+
+impl Common {
+    fn new(opts: ServerOptions, hold: Option<Arc<dyn FirstHead>>) -> Arc<Self> {
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(opts.header_read_timeout)
+            // max_buf_size alone is a soft limit (a read may overshoot it and the head still
+            // parse); max_header_size is checked on the parsed head too, so 431 is exact.
+            .max_header_size(opts.max_header_bytes)
+            .max_buf_size(opts.max_header_bytes.max(8192))
+            .max_headers(opts.max_headers);
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new());
+        Arc::new(Self { h1, h2, opts, hold })
+    }
+}
+
+/// A connection ready for hyper: its stream, protocol, bytes already read from it (replayed
+/// first), the held first request's extensions, and extensions for every request.
+struct Io<I> {
+    io: I,
+    h2: bool,
+    pre: Vec<u8>,
+    first: Option<http::Extensions>,
+    extra: Option<http::Extensions>,
 }
 
 /// One connection: protocol sniffing, the optional hold of its first request, then hyper.
@@ -237,7 +318,7 @@ async fn connection<S, B>(
         };
         match read {
             Some(Ok(Ok(First::Hold(hold)))) => match park::wait(&stream, &mut pre, hold).await {
-                Some(ext) => first = Some(std::sync::Mutex::new(Some(ext))),
+                Some(ext) => first = Some(ext),
                 // The client left while held.
                 None => return,
             },
@@ -250,6 +331,43 @@ async fn connection<S, B>(
             None => {}
         }
     }
+    let io = Io {
+        io: stream,
+        h2: h2c,
+        pre,
+        first,
+        extra: None,
+    };
+    drive(&common, svc, io, info, closing).await;
+}
+
+/// hyper's HTTP/1 (through the framing tracker) or HTTP/2 server on one connection, with
+/// graceful shutdown on `closing`.
+async fn drive<I, S, B>(
+    common: &Common,
+    svc: S,
+    conn: Io<I>,
+    info: ConnInfo,
+    closing: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let opts = &common.opts;
+    let Io {
+        io: stream,
+        h2: h2c,
+        pre,
+        first,
+        extra,
+    } = conn;
+    let first = first.map(|ext| std::sync::Mutex::new(Some(ext)));
     let verdicts = Verdicts::default();
     let seen = verdicts.clone();
     let hsvc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -261,6 +379,9 @@ async fn connection<S, B>(
             .and_then(|f| f.lock().ok().and_then(|mut g| g.take()))
         {
             req.extensions_mut().extend(ext);
+        }
+        if let Some(extra) = &extra {
+            req.extensions_mut().extend(extra.clone());
         }
         req.extensions_mut().insert(info);
         let svc = svc.clone();

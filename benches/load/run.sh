@@ -172,12 +172,10 @@ PY
 export DUR
 
 if [ "$IDLE" = 1 ]; then
-  # ΔPSS per 1,000 idle keep-alive connections (each sent one request, then idles). Measured
-  # before any load, so memory freed by earlier cells cannot hide the growth.
-  { echo "| process | PSS before KiB | with 1,000 idle connections | KiB per connection | 1.5 s after they left |"; echo "|---|---|---|---|---|"
-    for v in direct queue-proxy activator+qp nginx haproxy; do
-      case $v in direct) p=$APP_PID;; queue-proxy) p=$QP_REAL;; activator+qp) p=$ACT_PID;; nginx) p=$NG_PID;; haproxy) p=$HA_PID;; esac
-      python3 - "${PORTOF[$v]}" "$p" "$v" / <<'PY'
+  # ΔPSS per 1,000 connections, each sending one request: PATH "/" is answered at once, so the
+  # connections then idle; "/?sleep=4000" keeps the request in flight at the backend. Prints a
+  # table row: PSS before, with the connections, per connection, and 1.5 s after they left.
+  cat > "$OUT/conns.py" <<'PY'
 import socket, sys, time
 port, pid, name, path = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 inflight = path != "/"
@@ -204,42 +202,17 @@ for s in socks: s.close()
 time.sleep(1.5)
 print(f"| {name} | {before} | {held} | {(held - before) / 1000:.2f} | {pss()} |")
 PY
-      sleep 1
-    done; } | tee "$OUT/idle-conns.md"
-  # ΔPSS per 1,000 requests in flight: each connection's request waits 4 s at the backend
-  # (`?sleep=4000`), PSS is read 1 s after the last was sent, then the clients leave.
-  { echo "| process | PSS before KiB | with 1,000 requests in flight | KiB per request | 1.5 s after they left |"; echo "|---|---|---|---|---|"
+  conns_table() { # PATH HEADER PAUSE
+    echo "| process | PSS before KiB | $2 | KiB each | 1.5 s after they left |"; echo "|---|---|---|---|---|"
     for v in direct queue-proxy activator+qp nginx haproxy; do
       case $v in direct) p=$APP_PID;; queue-proxy) p=$QP_REAL;; activator+qp) p=$ACT_PID;; nginx) p=$NG_PID;; haproxy) p=$HA_PID;; esac
-      python3 - "${PORTOF[$v]}" "$p" "$v" "/?sleep=4000" <<'PY'
-import socket, sys, time
-port, pid, name, path = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-inflight = path != "/"
-def pss():
-    import subprocess
-    kids = subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split()
-    t = 0
-    for p in [pid] + kids:
-        for line in open(f"/proc/{p}/smaps_rollup"):
-            if line.startswith("Pss:"): t += int(line.split()[1])
-    return t
-req = (f"GET {path} HTTP/1.1\r\n".encode() + b"Host: hello.default.example.com\r\nKnative-Serving-Namespace: default\r\n"
-       b"Knative-Serving-Revision: hello-00001\r\n\r\n")
-before = pss(); socks = []
-for i in range(1000):
-    s = socket.create_connection(("127.0.0.1", port), timeout=10); s.sendall(req); socks.append(s)
-    if i % 100 == 99: time.sleep(0.01)
-if not inflight:
-    for s in socks:
-        s.recv(4096)
-time.sleep(1.0)
-held = pss()
-for s in socks: s.close()
-time.sleep(1.5)
-print(f"| {name} | {before} | {held} | {(held - before) / 1000:.2f} | {pss()} |")
-PY
-      sleep 4
-    done; } | tee "$OUT/inflight-conns.md"
+      python3 "$OUT/conns.py" "${PORTOF[$v]}" "$p" "$v" "$1"
+      sleep "$3"
+    done
+  }
+  # Measured before any load, so memory freed by earlier cells cannot hide the growth.
+  conns_table / "with 1,000 idle connections" 1 | tee "$OUT/idle-conns.md"
+  conns_table "/?sleep=4000" "with 1,000 requests in flight" 4 | tee "$OUT/inflight-conns.md"
 fi
 
 : > "$OUT/raw.tsv"

@@ -11,12 +11,8 @@ use std::io::Write as _;
 use std::sync::Arc;
 
 use http::Request;
-use http::header::{HOST, REFERER, USER_AGENT};
-use http_body::Body as _;
 use hyper::body::Incoming;
 use shared::http::body::Tally;
-use shared::http::headers;
-use shared::http::server::ConnInfo;
 use shared::telemetry::reqlog::{Entry, Revision, Template};
 use tokio::time::Instant;
 
@@ -39,8 +35,6 @@ impl Line {
         throttler: &RevisionThrottler,
         start: Instant,
     ) -> Self {
-        let h = req.headers();
-        let str_of = |n| headers::first(h, n).unwrap_or("").to_owned();
         let spec = throttler.spec();
         let key = &throttler.key;
         Self {
@@ -53,37 +47,7 @@ impl Line {
                 pod_name: String::new(),
                 pod_ip: String::new(),
             },
-            entry: Entry {
-                method: req.method().as_str().to_owned(),
-                request_uri: req
-                    .uri()
-                    .path_and_query()
-                    .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-                proto: match req.version() {
-                    http::Version::HTTP_2 => "HTTP/2.0",
-                    http::Version::HTTP_10 => "HTTP/1.0",
-                    _ => "HTTP/1.1",
-                },
-                host: req
-                    .uri()
-                    .authority()
-                    .map(|a| a.as_str().to_owned())
-                    .unwrap_or_else(|| str_of(&HOST)),
-                remote_addr: req
-                    .extensions()
-                    .get::<ConnInfo>()
-                    .map(|c| c.remote.to_string())
-                    .unwrap_or_default(),
-                content_length: req
-                    .body()
-                    .size_hint()
-                    .exact()
-                    .and_then(|n| i64::try_from(n).ok())
-                    .unwrap_or(-1),
-                user_agent: str_of(&USER_AGENT),
-                referer: str_of(&REFERER),
-                ..Entry::default()
-            },
+            entry: Entry::from_request(req),
             start,
         }
     }

@@ -109,6 +109,47 @@ pub struct Entry {
     pub tls: Option<String>,
 }
 
+impl Entry {
+    /// The request's fields (method, URI, protocol, host, peer, length, agent, referer); the
+    /// response fields, trace id and TLS are filled in by the caller.
+    pub fn from_request<B: http_body::Body>(req: &http::Request<B>) -> Self {
+        use http::header::{HOST, REFERER, USER_AGENT};
+        let h = req.headers();
+        let str_of = |n| crate::http::headers::first(h, n).unwrap_or("").to_owned();
+        Entry {
+            method: req.method().as_str().to_owned(),
+            request_uri: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+            proto: match req.version() {
+                http::Version::HTTP_2 => "HTTP/2.0",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            host: req
+                .uri()
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .unwrap_or_else(|| str_of(&HOST)),
+            remote_addr: req
+                .extensions()
+                .get::<crate::http::server::ConnInfo>()
+                .map(|c| c.remote.to_string())
+                .unwrap_or_default(),
+            content_length: req
+                .body()
+                .size_hint()
+                .exact()
+                .and_then(|n| i64::try_from(n).ok())
+                .unwrap_or(-1),
+            user_agent: str_of(&USER_AGENT),
+            referer: str_of(&REFERER),
+            ..Entry::default()
+        }
+    }
+}
+
 /// The revision fields.
 #[derive(Clone, Debug, Default)]
 pub struct Revision {

@@ -151,8 +151,17 @@ impl tower::Service<Uri> for FixedConnector {
 }
 
 /// Pooled clients to one upstream address (HTTP/1.1 and h2c prior knowledge).
+///
+/// Cloning is one reference-count increment: the request path clones its services per request
+/// (tower's ready-clone idiom), and a hyper-util `Client` clone copies a dozen fields and
+/// `Arc`s, which showed up in the queue-proxy's profile.
 #[derive(Debug)]
 pub struct Upstream<B = Incoming> {
+    inner: Arc<UpstreamInner<B>>,
+}
+
+#[derive(Debug)]
+struct UpstreamInner<B> {
     h1: Client<FixedConnector, ForwardBody<B>>,
     h2: Client<FixedConnector, ForwardBody<B>>,
     target: SocketAddr,
@@ -163,10 +172,7 @@ pub struct Upstream<B = Incoming> {
 impl<B> Clone for Upstream<B> {
     fn clone(&self) -> Self {
         Self {
-            h1: self.h1.clone(),
-            h2: self.h2.clone(),
-            target: self.target,
-            target_authority: self.target_authority.clone(),
+            inner: Arc::clone(&self.inner),
         }
     }
 }
@@ -213,16 +219,18 @@ where
             b.build(connector.clone())
         };
         Self {
-            h1: build(false),
-            h2: build(true),
-            target,
-            target_authority,
+            inner: Arc::new(UpstreamInner {
+                h1: build(false),
+                h2: build(true),
+                target,
+                target_authority,
+            }),
         }
     }
 
     /// The address this upstream dials.
     pub fn target(&self) -> SocketAddr {
-        self.target
+        self.inner.target
     }
 
     /// Forwards `req` and returns the upstream's response head with a streaming body.
@@ -246,7 +254,7 @@ where
                     .get(HOST)
                     .and_then(|h| Authority::try_from(h.as_bytes()).ok())
             })
-            .unwrap_or_else(|| self.target_authority.clone());
+            .unwrap_or_else(|| self.inner.target_authority.clone());
         let pq = req
             .uri()
             .path_and_query()
@@ -268,7 +276,7 @@ where
             *req.version_mut() = Version::HTTP_2;
             // :authority carries the host; a Host header next to it is not sent by Go either.
             req.headers_mut().remove(HOST);
-            &self.h2
+            &self.inner.h2
         } else {
             *req.version_mut() = Version::HTTP_11;
             if !req.headers().contains_key(HOST)
@@ -276,7 +284,7 @@ where
             {
                 req.headers_mut().insert(HOST, v);
             }
-            &self.h1
+            &self.inner.h1
         };
         let replay = (!upgrade && is_replayable(&req)).then(|| bodiless_copy(&req));
         let mut resp = match client.request(req.map(ForwardBody::Inner)).await {
@@ -287,9 +295,9 @@ where
                     client
                         .request(again)
                         .await
-                        .map_err(|e| ProxyError::from_client(e, self.target))?
+                        .map_err(|e| ProxyError::from_client(e, self.inner.target))?
                 }
-                _ => return Err(ProxyError::from_client(e, self.target)),
+                _ => return Err(ProxyError::from_client(e, self.inner.target)),
             },
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

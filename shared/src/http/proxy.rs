@@ -137,16 +137,69 @@ struct FixedConnector {
 }
 
 impl tower::Service<Uri> for FixedConnector {
-    type Response = <HttpConnector as tower::Service<Uri>>::Response;
+    type Response = PlainConn;
     type Error = <HttpConnector as tower::Service<Uri>>::Error;
-    type Future = <HttpConnector as tower::Service<Uri>>::Future;
+    type Future = Pin<Box<dyn Future<Output = Result<PlainConn, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
-        self.inner.call(self.target.clone())
+        let connecting = self.inner.call(self.target.clone());
+        Box::pin(async move { connecting.await.map(PlainConn) })
+    }
+}
+
+/// An upstream TCP connection that reports no connection info to the client. hyper-util copies
+/// a connector's "extra" info ([`hyper_util::client::legacy::connect::HttpInfo`]) into the
+/// extensions of every response, two allocations per request that nothing here reads.
+#[derive(Debug)]
+struct PlainConn(TokioIo<tokio::net::TcpStream>);
+
+impl hyper_util::client::legacy::connect::Connection for PlainConn {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
+    }
+}
+
+impl hyper::rt::Read for PlainConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for PlainConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
     }
 }
 
@@ -495,7 +548,15 @@ pub fn prepare_request<B>(req: &mut Request<B>) -> bool {
     }
     let peer = req.extensions().get::<ConnInfo>().map(|c| c.remote.ip());
     if let Some(ip) = peer {
-        append_forwarded_for(req.headers_mut(), &ip.to_string());
+        // Rendered on the stack: the longest IPv6 text is 45 bytes.
+        let mut buf = [0u8; 64];
+        let mut cur = std::io::Cursor::new(&mut buf[..]);
+        if std::io::Write::write_fmt(&mut cur, format_args!("{ip}")).is_ok() {
+            let n = usize::try_from(cur.position()).unwrap_or(0);
+            if let Ok(ip) = std::str::from_utf8(&buf[..n]) {
+                append_forwarded_for(req.headers_mut(), ip);
+            }
+        }
     }
     upgrade_proto.is_some()
 }
@@ -503,15 +564,22 @@ pub fn prepare_request<B>(req: &mut Request<B>) -> bool {
 /// Appends `ip` to `X-Forwarded-For`, joining earlier values (several header lines too) with
 /// `, ` into one line, as Go's `ReverseProxy` does.
 pub fn append_forwarded_for(headers: &mut HeaderMap, ip: &str) {
-    let mut value = String::new();
-    for v in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(s) = v.to_str() {
-            value.push_str(s);
-            value.push_str(", ");
-        }
+    let earlier = || {
+        headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+    };
+    // One exactly sized buffer that becomes the header value without another copy (this runs
+    // for every proxied request).
+    let len = earlier().map(|s| s.len() + 2).sum::<usize>() + ip.len();
+    let mut value = Vec::with_capacity(len);
+    for s in earlier() {
+        value.extend_from_slice(s.as_bytes());
+        value.extend_from_slice(b", ");
     }
-    value.push_str(ip);
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    value.extend_from_slice(ip.as_bytes());
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
         headers.insert(X_FORWARDED_FOR, v);
     }
 }

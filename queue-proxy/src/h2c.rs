@@ -100,7 +100,8 @@ where
             req.headers_mut().remove(UPGRADE);
             req.headers_mut().remove(HTTP2_SETTINGS);
         }
-        let fut = self.inner.clone().oneshot(req);
+        // Always ready (every layer of the stack is): call in place, no per-request clone.
+        let fut = self.inner.call(req);
         Box::pin(async move { fut.await.map(|r| r.map(Either::Left)) })
     }
 }

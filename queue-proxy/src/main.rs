@@ -30,12 +30,7 @@ fn main() {
         }),
         level,
     );
-    // Worker threads follow `available_parallelism`, which honours the cgroup CPU quota
-    // (what Go's automaxprocs does for Knative's sidecar).
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("queue-proxy: cannot start the runtime: {e}");
@@ -76,4 +71,16 @@ fn main() {
         }
     });
     std::process::exit(code);
+}
+
+/// The runtime for `available_parallelism` CPUs, which honours the CPU affinity mask and the
+/// cgroup CPU quota (what Go's automaxprocs does for Knative's sidecar, which usually gets ≤ 1
+/// CPU). With one CPU a multi-thread runtime still runs one worker thread, but every wake-up
+/// goes through its shared queues and the main thread parks beside it; the current-thread
+/// scheduler runs the same tasks with less bookkeeping (benches/RESULTS.md, queue-proxy profile).
+fn runtime() -> tokio::runtime::Builder {
+    match std::thread::available_parallelism().map(std::num::NonZeroUsize::get) {
+        Ok(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
 }

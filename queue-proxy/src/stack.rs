@@ -177,8 +177,10 @@ impl<S> DrainProbe<S> {
 
 impl<S, B> Service<Request<B>> for DrainProbe<S>
 where
-    S: Service<Request<B>, Response = Resp, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send,
+    S: Service<Request<B>, Response = Resp, Error = BoxError, Future = BoxFut<Resp, BoxError>>
+        + Clone
+        + Send
+        + 'static,
     B: Send + 'static,
 {
     type Response = Resp;
@@ -233,7 +235,9 @@ where
             });
         }
         self.drainer.touch();
-        Box::pin(take(&mut self.inner).call(req))
+        // Every layer below is always ready and its future owns what it needs, so the inner
+        // service is called in place (no per-request clone) and its boxed future passed on.
+        self.inner.call(req)
     }
 }
 
@@ -287,7 +291,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let t = self.t;
-        let fut = take(&mut self.inner).call(req);
+        let fut = self.inner.call(req);
         Box::pin(async move {
             let start = Instant::now();
             let total = start + t.total;
@@ -511,10 +515,10 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         if headers::is_kubelet_probe(req.headers()) {
-            return Box::pin(take(&mut self.inner).call(req));
+            return Box::pin(self.inner.call(req));
         }
         let guard = self.stats.arrive(headers::is_proxied(req.headers()));
-        let fut = take(&mut self.inner).call(req);
+        let fut = self.inner.call(req);
         Box::pin(async move { Ok(hold(fut.await?, guard)) })
     }
 }
@@ -560,10 +564,10 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let Some(breaker) = self.breaker.clone() else {
-            return Box::pin(take(&mut self.inner).call(req));
+            return Box::pin(self.inner.call(req));
         };
         if headers::is_kubelet_probe(req.headers()) {
-            return Box::pin(take(&mut self.inner).call(req));
+            return Box::pin(self.inner.call(req));
         }
         // Reserve synchronously so a full queue answers without a task hop.
         let slot = breaker.reserve();

@@ -39,8 +39,14 @@ impl<S> Trace<S> {
 
 impl<S, B> Service<Request<B>> for Trace<S>
 where
-    S: Service<Request<B>, Response = Resp, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send,
+    S: Service<
+            Request<B>,
+            Response = Resp,
+            Error = Infallible,
+            Future = Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>,
+        > + Clone
+        + Send
+        + 'static,
     B: Send + 'static,
 {
     type Response = Resp;
@@ -52,8 +58,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // The inner service is always ready and its boxed future owns what it needs: call it in
+        // place and, when no span is recorded, pass its future on as it is.
+        let inner = &mut self.inner;
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         let Some((mut spans, admitted)) = RequestSpans::start(
             &self.tracer,
@@ -63,7 +70,7 @@ where
             req.headers_mut(),
             self.breaker,
         ) else {
-            return Box::pin(inner.call(req));
+            return inner.call(req);
         };
         if let Some(a) = admitted {
             req.extensions_mut().insert(a);

@@ -15,6 +15,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -24,6 +25,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Longest chunk-size or trailer line we follow; hyper rejects far shorter ones.
 const MAX_LINE: usize = 8 * 1024;
+
+/// Header slots parsed on the stack (8 KiB, never initialised); larger limits use the heap.
+const STACK_HEADERS: usize = 256;
 
 /// What the tracker decided about one request head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,9 +174,19 @@ impl Tracker {
 
     /// Parses the head in `buf` if complete; returns the bytes after it.
     fn parse_head(&mut self, verdict: &mut impl FnMut(Verdict)) -> Option<Vec<u8>> {
-        let mut headers = vec![httparse::EMPTY_HEADER; self.max_headers];
-        let mut req = httparse::Request::new(&mut headers);
-        let parsed = match req.parse(&self.buf) {
+        // One head per request: parse into uninitialised slots on the stack rather than a
+        // zeroed heap vector of `max_headers` (6.4 KiB allocated and cleared per request showed
+        // up in the queue-proxy's profile). Same parser, same default config, same limit.
+        let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+        let mut heap;
+        let slots = if self.max_headers <= STACK_HEADERS {
+            &mut stack[..self.max_headers]
+        } else {
+            heap = vec![MaybeUninit::uninit(); self.max_headers];
+            &mut heap[..]
+        };
+        let mut req = httparse::Request::new(&mut []);
+        let parsed = match req.parse_with_uninit_headers(&self.buf, slots) {
             // hyper answers 431 to a head over the limit, however it arrived.
             Ok(httparse::Status::Complete(n)) if n > self.max_head => {
                 self.state = State::Passthrough;

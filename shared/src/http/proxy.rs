@@ -137,22 +137,84 @@ struct FixedConnector {
 }
 
 impl tower::Service<Uri> for FixedConnector {
-    type Response = <HttpConnector as tower::Service<Uri>>::Response;
+    type Response = PlainConn;
     type Error = <HttpConnector as tower::Service<Uri>>::Error;
-    type Future = <HttpConnector as tower::Service<Uri>>::Future;
+    type Future = Pin<Box<dyn Future<Output = Result<PlainConn, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
-        self.inner.call(self.target.clone())
+        let connecting = self.inner.call(self.target.clone());
+        Box::pin(async move { connecting.await.map(PlainConn) })
+    }
+}
+
+/// An upstream TCP connection that reports no connection info to the client. hyper-util copies
+/// a connector's "extra" info ([`hyper_util::client::legacy::connect::HttpInfo`]) into the
+/// extensions of every response, two allocations per request that nothing here reads.
+#[derive(Debug)]
+struct PlainConn(TokioIo<tokio::net::TcpStream>);
+
+impl hyper_util::client::legacy::connect::Connection for PlainConn {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
+    }
+}
+
+impl hyper::rt::Read for PlainConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for PlainConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
     }
 }
 
 /// Pooled clients to one upstream address (HTTP/1.1 and h2c prior knowledge).
+///
+/// Cloning is one reference-count increment: the request path clones its services per request
+/// (tower's ready-clone idiom), and a hyper-util `Client` clone copies a dozen fields and
+/// `Arc`s, which showed up in the queue-proxy's profile.
 #[derive(Debug)]
 pub struct Upstream<B = Incoming> {
+    inner: Arc<UpstreamInner<B>>,
+}
+
+#[derive(Debug)]
+struct UpstreamInner<B> {
     h1: Client<FixedConnector, ForwardBody<B>>,
     h2: Client<FixedConnector, ForwardBody<B>>,
     target: SocketAddr,
@@ -163,10 +225,7 @@ pub struct Upstream<B = Incoming> {
 impl<B> Clone for Upstream<B> {
     fn clone(&self) -> Self {
         Self {
-            h1: self.h1.clone(),
-            h2: self.h2.clone(),
-            target: self.target,
-            target_authority: self.target_authority.clone(),
+            inner: Arc::clone(&self.inner),
         }
     }
 }
@@ -213,16 +272,18 @@ where
             b.build(connector.clone())
         };
         Self {
-            h1: build(false),
-            h2: build(true),
-            target,
-            target_authority,
+            inner: Arc::new(UpstreamInner {
+                h1: build(false),
+                h2: build(true),
+                target,
+                target_authority,
+            }),
         }
     }
 
     /// The address this upstream dials.
     pub fn target(&self) -> SocketAddr {
-        self.target
+        self.inner.target
     }
 
     /// Forwards `req` and returns the upstream's response head with a streaming body.
@@ -246,7 +307,7 @@ where
                     .get(HOST)
                     .and_then(|h| Authority::try_from(h.as_bytes()).ok())
             })
-            .unwrap_or_else(|| self.target_authority.clone());
+            .unwrap_or_else(|| self.inner.target_authority.clone());
         let pq = req
             .uri()
             .path_and_query()
@@ -268,7 +329,7 @@ where
             *req.version_mut() = Version::HTTP_2;
             // :authority carries the host; a Host header next to it is not sent by Go either.
             req.headers_mut().remove(HOST);
-            &self.h2
+            &self.inner.h2
         } else {
             *req.version_mut() = Version::HTTP_11;
             if !req.headers().contains_key(HOST)
@@ -276,7 +337,7 @@ where
             {
                 req.headers_mut().insert(HOST, v);
             }
-            &self.h1
+            &self.inner.h1
         };
         let replay = (!upgrade && is_replayable(&req)).then(|| bodiless_copy(&req));
         let mut resp = match client.request(req.map(ForwardBody::Inner)).await {
@@ -287,9 +348,9 @@ where
                     client
                         .request(again)
                         .await
-                        .map_err(|e| ProxyError::from_client(e, self.target))?
+                        .map_err(|e| ProxyError::from_client(e, self.inner.target))?
                 }
-                _ => return Err(ProxyError::from_client(e, self.target)),
+                _ => return Err(ProxyError::from_client(e, self.inner.target)),
             },
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -487,7 +548,15 @@ pub fn prepare_request<B>(req: &mut Request<B>) -> bool {
     }
     let peer = req.extensions().get::<ConnInfo>().map(|c| c.remote.ip());
     if let Some(ip) = peer {
-        append_forwarded_for(req.headers_mut(), &ip.to_string());
+        // Rendered on the stack: the longest IPv6 text is 45 bytes.
+        let mut buf = [0u8; 64];
+        let mut cur = std::io::Cursor::new(&mut buf[..]);
+        if std::io::Write::write_fmt(&mut cur, format_args!("{ip}")).is_ok() {
+            let n = usize::try_from(cur.position()).unwrap_or(0);
+            if let Ok(ip) = std::str::from_utf8(&buf[..n]) {
+                append_forwarded_for(req.headers_mut(), ip);
+            }
+        }
     }
     upgrade_proto.is_some()
 }
@@ -495,15 +564,22 @@ pub fn prepare_request<B>(req: &mut Request<B>) -> bool {
 /// Appends `ip` to `X-Forwarded-For`, joining earlier values (several header lines too) with
 /// `, ` into one line, as Go's `ReverseProxy` does.
 pub fn append_forwarded_for(headers: &mut HeaderMap, ip: &str) {
-    let mut value = String::new();
-    for v in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(s) = v.to_str() {
-            value.push_str(s);
-            value.push_str(", ");
-        }
+    let earlier = || {
+        headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+    };
+    // One exactly sized buffer that becomes the header value without another copy (this runs
+    // for every proxied request).
+    let len = earlier().map(|s| s.len() + 2).sum::<usize>() + ip.len();
+    let mut value = Vec::with_capacity(len);
+    for s in earlier() {
+        value.extend_from_slice(s.as_bytes());
+        value.extend_from_slice(b", ");
     }
-    value.push_str(ip);
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    value.extend_from_slice(ip.as_bytes());
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
         headers.insert(X_FORWARDED_FOR, v);
     }
 }

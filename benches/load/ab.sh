@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Interleaved A/B of two queue-proxy builds against nginx (benchmarking.md §5.1: ratios in one
+# run, rotated order). One backend (examples/autoscale), queue-proxy A, queue-proxy B and nginx
+# all pinned on CPU 1; wrk on CPU 0 ("split") or CPU 1 ("one-core"). Per cell: 1 s warm-up, then
+# DUR s; prints one TSV row: layout c round variant req/s p50 cpu_us_per_req (utime+stime of the
+# proxy process, nginx master + worker, / requests). 127.0.0.1 only.
+#
+#   benches/load/ab.sh DIR_A DIR_B [CONNS="10 50"] [ROUNDS=5] [DUR=4] [LAYOUT=split]
+#   (each DIR holds a queue-proxy binary; DIR_B also the autoscale backend)
+set -euo pipefail
+A=$1; B=$2; CONNS=${3:-"10 50"}; ROUNDS=${4:-5}; DUR=${5:-4}; LAYOUT=${6:-split}
+WCPU=0; [ "$LAYOUT" = one-core ] && WCPU=1
+OUT=$(mktemp -d)
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+PIDS=()
+cleanup() { kill -9 "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$OUT"; }
+trap cleanup EXIT
+APP=$(free_port); PA=$(free_port); PB=$(free_port); NG=$(free_port)
+PORT=$APP taskset -c 1 "$B"/autoscale >/dev/null 2>&1 & PIDS+=($!)
+wait_port "$APP"
+qp() { # BIN PORT -> pid
+  env -i PATH="$PATH" SERVING_NAMESPACE=default SERVING_CONFIGURATION=hello SERVING_REVISION=hello-00001 \
+    SERVING_POD=hello-pod SERVING_POD_IP=127.0.0.1 SERVING_SERVICE=hello QUEUE_SERVING_PORT="$2" \
+    QUEUE_SERVING_TLS_PORT=8112 USER_PORT="$APP" CONTAINER_CONCURRENCY=0 REVISION_TIMEOUT_SECONDS=300 \
+    REVISION_RESPONSE_START_TIMEOUT_SECONDS=0 REVISION_IDLE_TIMEOUT_SECONDS=0 SERVING_READINESS_PROBE='' \
+    SERVING_LOGGING_CONFIG='' SERVING_LOGGING_LEVEL=error ENABLE_PROFILING=false \
+    SERVING_ENABLE_PROBE_REQUEST_LOG=false METRICS_COLLECTOR_ADDRESS='' ENABLE_HTTP2_AUTO_DETECTION=false \
+    ENABLE_HTTP_FULL_DUPLEX=false ROOT_CA='' SYSTEM_NAMESPACE=knative-serving \
+    SERVING_ENABLE_REQUEST_LOG=false OBSERVABILITY_CONFIG='{}' \
+    QUEUE_ADMIN_PORT="$(free_port)" QUEUE_METRICS_PORT="$(free_port)" QUEUE_USER_METRICS_PORT=0 \
+    QUEUE_DRAIN_SECONDS=1 taskset -c 1 "$1"/queue-proxy >/dev/null 2>&1 &
+  PIDS+=($!)
+}
+qp "$A" "$PA"; A_PID=$!
+qp "$B" "$PB"; B_PID=$!
+cat > "$OUT/nginx.conf" <<NG
+daemon off; worker_processes 1; pid $OUT/nginx.pid; error_log /dev/null;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:$APP; keepalive 1000; }
+  server { listen 127.0.0.1:$NG;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+NG
+taskset -c 1 nginx -c "$OUT/nginx.conf" -p "$OUT" >/dev/null 2>&1 & PIDS+=($!); NG_PID=$!
+wait_port "$PA"; wait_port "$PB"; wait_port "$NG"
+NGW=$(pgrep -P "$NG_PID" || true); PIDS+=($NGW)
+HDR=(-H "Host: hello.default.example.com" -H "Knative-Serving-Namespace: default" -H "Knative-Serving-Revision: hello-00001")
+ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
+HZ=$(getconf CLK_TCK)
+declare -A PORT=([A]=$PA [B]=$PB [nginx]=$NG) PID=([A]=$A_PID [B]=$B_PID [nginx]="$NG_PID $NGW")
+V=(A B nginx)
+for c in $CONNS; do for r in $(seq "$ROUNDS"); do for i in 0 1 2; do
+  v=${V[$(( (i + r) % 3 ))]}; url=http://127.0.0.1:${PORT[$v]}/
+  taskset -c $WCPU wrk -t1 -c"$c" -d1s "${HDR[@]}" "$url" >/dev/null
+  # shellcheck disable=SC2086
+  t0=$(ticks ${PID[$v]})
+  out=$(taskset -c $WCPU wrk -t1 -c"$c" -d"${DUR}s" --latency "${HDR[@]}" "$url")
+  # shellcheck disable=SC2086
+  t1=$(ticks ${PID[$v]})
+  reqs=$(awk '/requests in/{print $1}' <<<"$out")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$LAYOUT" "$c" "$r" "$v" \
+    "$(awk '/Requests\/sec/{print $2}' <<<"$out")" "$(awk '$1=="50%"{print $2}' <<<"$out")" \
+    "$(python3 -c "print(round(($t1-$t0)/$HZ*1e6/max($reqs,1),2))")"
+done; done; done

@@ -11,7 +11,6 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{REFERER, USER_AGENT};
 use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -229,41 +228,15 @@ where
         };
         let log = match &self.obs.log {
             Some(l) if !probe || self.obs.log_probes => {
-                let h = req.headers();
-                let str_of = |n| headers::first(h, n).unwrap_or("").to_owned();
                 let entry = Entry {
-                    method: req.method().as_str().to_owned(),
-                    request_uri: req
-                        .uri()
-                        .path_and_query()
-                        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-                    proto: proto(req.version()).0,
-                    host: req
-                        .uri()
-                        .authority()
-                        .map(|a| a.as_str().to_owned())
-                        .unwrap_or_else(|| str_of(&http::header::HOST)),
-                    remote_addr: req
-                        .extensions()
-                        .get::<ConnInfo>()
-                        .map(|c| c.remote.to_string())
-                        .unwrap_or_default(),
-                    content_length: req
-                        .body()
-                        .size_hint()
-                        .exact()
-                        .and_then(|n| i64::try_from(n).ok())
-                        .unwrap_or(-1),
-                    user_agent: str_of(&USER_AGENT),
-                    referer: str_of(&REFERER),
-                    trace_id: TraceContext::extract(h)
+                    trace_id: TraceContext::extract(req.headers())
                         .map(|t| t.trace_id_hex())
                         .unwrap_or_default(),
                     tls: req
                         .extensions()
                         .get::<crate::tls::TlsInfo>()
                         .map(ToString::to_string),
-                    ..Default::default()
+                    ..Entry::from_request(&req)
                 };
                 Some((l.clone(), entry))
             }

@@ -38,7 +38,9 @@ if [ ${#need[@]} -gt 0 ]; then
   { service nginx stop; service haproxy stop; } >/dev/null 2>&1 || true
 fi
 if [ -z "${BIN:-}" ]; then
-  cargo build --release -q -p queue-proxy -p activator -p examples -p benches --bin openloop
+  # (`--bin` would narrow every package to that one binary: two commands.)
+  cargo build --release -q -p queue-proxy -p activator -p examples
+  cargo build --release -q -p benches --bin openloop
   BIN=target/release
 fi
 [ -z "$OPEN" ] || [ -x "$BIN/openloop" ] || cargo build --release -q -p benches --bin openloop

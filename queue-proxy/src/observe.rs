@@ -21,7 +21,6 @@ use prometheus_client::registry::Registry;
 use shared::BoxError;
 use shared::http::headers::{self, KNATIVE_SERVING_DEFAULT_ROUTE, KNATIVE_SERVING_TAG};
 use shared::http::proxy::Tunnel;
-use shared::http::server::ConnInfo;
 use shared::telemetry::trace::TraceContext;
 use tower::Service;
 
@@ -203,13 +202,8 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let start = Instant::now();
-        // A dual-stack `[::]` listener reports IPv4 peers as `::ffff:a.b.c.d`; Go unmaps them,
-        // and `X-Forwarded-For` and the request log must carry the plain IPv4 address.
-        if let Some(c) = req.extensions_mut().get_mut::<ConnInfo>() {
-            c.remote.set_ip(c.remote.ip().to_canonical());
-        }
         let in_flight = self.obs.in_flight.enter();
         let probe = headers::is_any_probe(req.headers());
         let metrics = match (&self.obs.metrics, probe) {

@@ -1,6 +1,9 @@
 //! A fake user container on 127.0.0.1:0 and the real queue-proxy binary in front of it.
 #![allow(dead_code)]
 
+#[path = "../support/ws_echo.rs"]
+mod ws_echo;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +17,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use shared::BoxError;
 use shared::http::server::{ServerOptions, serve};
 use tokio::net::TcpListener;
@@ -127,34 +130,7 @@ async fn app_handler(req: Request<Incoming>, st: AppStats) -> Result<Response<Bo
 }
 
 fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-    use tokio_tungstenite::tungstenite::protocol::Role;
-    let key = req
-        .headers()
-        .get("sec-websocket-key")
-        .map(|k| derive_accept_key(k.as_bytes()))
-        .unwrap_or_default();
-    let on = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        if let Ok(up) = on.await {
-            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                TokioIo::new(up),
-                Role::Server,
-                None,
-            )
-            .await;
-            while let Some(Ok(m)) = ws.next().await {
-                if m.is_text() || m.is_binary() {
-                    if ws.send(m).await.is_err() {
-                        break;
-                    }
-                } else if m.is_close() {
-                    break;
-                }
-            }
-        }
-    });
+    let key = ws_echo::spawn_echo(&mut req);
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header("upgrade", "websocket")

@@ -17,6 +17,9 @@
 //! `IdleTimeout` or Node's `keepAliveTimeout` (the stale keep-alive race, scenario 14).
 #![allow(dead_code, clippy::unwrap_used)]
 
+#[path = "../support/ws_echo.rs"]
+mod ws_echo;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -202,34 +205,7 @@ async fn handle(
 }
 
 fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-    use tokio_tungstenite::tungstenite::protocol::Role;
-    let key = req
-        .headers()
-        .get("sec-websocket-key")
-        .map(|k| derive_accept_key(k.as_bytes()))
-        .unwrap_or_default();
-    let on = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        if let Ok(up) = on.await {
-            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                TokioIo::new(up),
-                Role::Server,
-                None,
-            )
-            .await;
-            while let Some(Ok(m)) = ws.next().await {
-                if m.is_text() || m.is_binary() {
-                    if ws.send(m).await.is_err() {
-                        break;
-                    }
-                } else if m.is_close() {
-                    break;
-                }
-            }
-        }
-    });
+    let key = ws_echo::spawn_echo(&mut req);
     Response::builder()
         .status(http::StatusCode::SWITCHING_PROTOCOLS)
         .header("upgrade", "websocket")

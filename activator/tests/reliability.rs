@@ -3,47 +3,27 @@
 //! Checks exact status codes, the pods' request counts, exit codes and panics.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../queue-proxy/tests/support/harness.rs"]
+mod harness;
 #[path = "../../queue-proxy/tests/stub/mod.rs"]
 mod stub;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use harness::{HttpClient, eventually, free_port, h1, h2c};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 const LONG: Duration = Duration::from_secs(60);
 const HOST: &str = "rev.ns.svc.cluster.local";
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn h1() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-fn h2c() -> HttpClient {
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The activator binary with a file source; killed on drop.
 struct Act {
@@ -83,20 +63,7 @@ impl Act {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let text = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                text.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let stderr = harness::capture(child.stderr.take().unwrap());
         Act {
             child,
             http1: ([127, 0, 0, 1], p1).into(),
@@ -107,24 +74,11 @@ impl Act {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        harness::signal(self.child.id(), sig);
     }
 
     fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "activator did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        harness::wait_exit(&mut self.child, within, "activator")
     }
 
     fn assert_no_panic(&self) {
@@ -151,28 +105,7 @@ async fn send(
         .header("host", HOST)
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let fut = async {
-        let resp = c.request(req).await.map_err(|e| format!("{e:?}"))?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e:?}"))?
-            .to_bytes();
-        Ok((status, body))
-    };
-    tokio::time::timeout(within, fut)
-        .await
-        .unwrap_or_else(|_| Err("timeout".into()))
-}
-
-async fn eventually(what: &str, within: Duration, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    harness::send_request(c, req, within).await
 }
 
 async fn serving(act: &Act) {

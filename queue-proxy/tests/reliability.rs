@@ -7,6 +7,8 @@
 //! replaces long sleeps, so ordering never depends on timing; deadlines are generous.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/harness.rs"]
+mod harness;
 mod proc;
 mod stub;
 
@@ -24,49 +26,10 @@ use hyper_util::rt::TokioExecutor;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use harness::{eventually, free_port, h1, h2c, send};
+
 const DEADLINE: Duration = Duration::from_secs(20);
 const LONG: Duration = Duration::from_secs(60);
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn h1() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-fn h2c() -> HttpClient {
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http()
-}
-
-/// Sends one request; `Err` on a transport error or after `within`.
-async fn send(
-    c: &HttpClient,
-    method: &str,
-    url: String,
-    body: Bytes,
-    within: Duration,
-) -> Result<(StatusCode, Bytes), String> {
-    let req = Request::builder()
-        .method(method)
-        .uri(url)
-        .body(Full::new(body))
-        .unwrap();
-    let fut = async {
-        let resp = c.request(req).await.map_err(|e| format!("{e:?}"))?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e:?}"))?
-            .to_bytes();
-        Ok((status, body))
-    };
-    tokio::time::timeout(within, fut)
-        .await
-        .unwrap_or_else(|_| Err("timeout".into()))
-}
 
 async fn get(addr: SocketAddr, path: &str) -> (StatusCode, Bytes) {
     send(
@@ -91,15 +54,6 @@ async fn probe(addr: SocketAddr) -> StatusCode {
         .expect("probe answered")
         .map(|r| r.status())
         .unwrap_or(StatusCode::BAD_GATEWAY)
-}
-
-/// Polls `cond` every 20 ms until it holds; panics with `what` after `within`.
-async fn eventually(what: &str, within: Duration, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The autoscaler `Stat` from the metrics port.
@@ -624,14 +578,6 @@ async fn s03_bodies_streaming_at_term_arrive_whole() {
 }
 
 // === 6. SIGKILL and immediate restart on the same ports ===
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// SIGKILL with open client connections, then an immediate restart on the same four ports:
 /// it binds at once, and readiness stays 503 until the user container listens (no 200 before

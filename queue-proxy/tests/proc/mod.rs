@@ -2,11 +2,13 @@
 //! log, signals, and `/proc` readings (RSS, open fds) for the reliability suite.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::harness;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_queue-proxy");
 
@@ -72,26 +74,13 @@ pub fn spawn(env: Vec<(&'static str, String)>) -> Qp {
         .spawn()
         .unwrap();
     let stdout = Arc::new(Mutex::new(Vec::new()));
-    let stderr = Arc::new(Mutex::new(String::new()));
+    let stderr = harness::capture(child.stderr.take().unwrap());
     {
         let out = child.stdout.take().unwrap();
         let lines = stdout.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 lines.lock().unwrap().push(line);
-            }
-        });
-        let mut err = child.stderr.take().unwrap();
-        let text = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                text.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
     }
@@ -137,25 +126,12 @@ impl Qp {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig}");
+        harness::signal(self.pid(), sig);
     }
 
     /// Waits up to `within` for the process to exit.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "queue-proxy did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        harness::wait_exit(&mut self.child, within, "queue-proxy")
     }
 
     /// Resident set size in KiB.

@@ -4,10 +4,11 @@
 //! `enableProbeRequestLog`) nor measured.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -196,7 +197,7 @@ where
 {
     type Response = Response<ObservedBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ObservedBody>, Infallible>> + Send>>;
+    type Future = ObserveFuture<S::Future>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -236,29 +237,60 @@ where
             }
             _ => None,
         };
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let Ok(resp) = fut.await;
-            let record = Record {
-                _in_flight: in_flight,
+        ObserveFuture {
+            inner: self.inner.call(req),
+            pending: Some(Pending {
+                in_flight,
                 start,
-                code: resp.status().as_u16(),
-                size: 0,
                 metrics,
                 log,
-            };
-            if let Some(t) = resp.extensions().get::<Tunnel>() {
+            }),
+        }
+    }
+}
+
+/// What [`Observe`] keeps until the response head: a request whose future is dropped before
+/// (client gone) is not recorded, as before.
+struct Pending {
+    in_flight: InFlightGuard,
+    start: Instant,
+    metrics: Option<(Arc<Metrics>, ServerLabels)>,
+    log: Option<(Arc<(Template, Revision)>, Entry)>,
+}
+
+pin_project_lite::pin_project! {
+    /// [`Observe`]'s response future. Hand-written rather than a boxed `async` block: it wraps
+    /// every request on the serving port (one allocation less each; see
+    /// `crate::stack::RescueFuture`).
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: F,
+        pending: Option<Pending>,
+    }
+}
+
+impl<F: Future<Output = Result<Resp, Infallible>>> Future for ObserveFuture<F> {
+    type Output = Result<Response<ObservedBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(resp) = ready!(this.inner.poll(cx));
+        let record = this.pending.take().map(|p| Record {
+            _in_flight: p.in_flight,
+            start: p.start,
+            code: resp.status().as_u16(),
+            size: 0,
+            metrics: p.metrics,
+            log: p.log,
+        });
+        let record = match (record, resp.extensions().get::<Tunnel>()) {
+            (Some(record), Some(t)) => {
                 t.hold(record);
-                return Ok(resp.map(|b| ObservedBody {
-                    inner: b,
-                    record: None,
-                }));
+                None
             }
-            Ok(resp.map(|b| ObservedBody {
-                inner: b,
-                record: Some(record),
-            }))
-        })
+            (record, _) => record,
+        };
+        Poll::Ready(Ok(resp.map(|b| ObservedBody { inner: b, record })))
     }
 }
 

@@ -24,10 +24,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::header::{HOST, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame};
@@ -127,29 +128,45 @@ impl<S> Rescue<S> {
 
 impl<S, B> Service<Request<B>> for Rescue<S>
 where
-    S: Service<Request<B>, Response = Resp, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
+    S: Service<Request<B>, Response = Resp, Error = BoxError>,
 {
     type Response = Resp;
     type Error = Infallible;
-    type Future = BoxFut<Resp, Infallible>;
+    type Future = RescueFuture<S::Future>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            Ok(match fut.await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::debug!(error = %e, "request failed");
-                    rescue(&e)
-                }
-            })
-        })
+        RescueFuture {
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Rescue`]'s response future. The stages below `Observe` are hand-written futures over
+    /// the one boxed upstream future instead of a boxed `async` block each: one allocation and
+    /// one dynamic call less per stage and request (`benches/RESULTS.md`, "Second hot-path
+    /// round").
+    pub struct RescueFuture<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future<Output = Result<Resp, BoxError>>> Future for RescueFuture<F> {
+    type Output = Result<Resp, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Ok(match ready!(self.project().inner.poll(cx)) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "request failed");
+                rescue(&e)
+            }
+        }))
     }
 }
 
@@ -177,15 +194,13 @@ impl<S> DrainProbe<S> {
 
 impl<S, B> Service<Request<B>> for DrainProbe<S>
 where
-    S: Service<Request<B>, Response = Resp, Error = BoxError, Future = BoxFut<Resp, BoxError>>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<B>, Response = Resp, Error = BoxError>,
     B: Send + 'static,
 {
     type Response = Resp;
     type Error = BoxError;
-    type Future = BoxFut<Resp, BoxError>;
+    /// Left: a probe answered here; right: the request passed on.
+    type Future = Either<BoxFut<Resp, BoxError>, S::Future>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
@@ -195,34 +210,34 @@ where
         let h = req.headers();
         if headers::is_health_ua(h) {
             if self.drainer.is_draining() {
-                return ready(full(go_error(
+                return Either::Left(ready(full(go_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "shutting down",
-                )));
+                ))));
             }
             let probe = headers::first(h, &K_NETWORK_PROBE).unwrap_or("");
             if probe != headers::PROBE_QUEUE {
                 let msg = format!("unexpected probe header value: {probe}");
-                return ready(full(go_error(StatusCode::BAD_REQUEST, &msg)));
+                return Either::Left(ready(full(go_error(StatusCode::BAD_REQUEST, &msg))));
             }
             let prober = self.prober.clone();
-            return Box::pin(async move {
+            return Either::Left(Box::pin(async move {
                 Ok(if prober.probe().await {
                     full(sniffed_text(StatusCode::OK, "queue"))
                 } else {
                     full(empty(StatusCode::SERVICE_UNAVAILABLE))
                 })
-            });
+            }));
         }
         if headers::is_kprobe(h) {
             if self.drainer.is_draining() {
-                return ready(full(go_error(
+                return Either::Left(ready(full(go_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "shutting down",
-                )));
+                ))));
             }
             let hash = h.get(&K_NETWORK_HASH).filter(|v| !v.is_empty()).cloned();
-            return ready(match hash {
+            return Either::Left(ready(match hash {
                 None => full(go_error(
                     StatusCode::BAD_REQUEST,
                     "a probe request must contain a non-empty \"K-Network-Hash\" header",
@@ -232,12 +247,12 @@ where
                     r.headers_mut().insert(K_NETWORK_HASH, v);
                     r
                 }
-            });
+            }));
         }
         self.drainer.touch();
         // Every layer below is always ready and its future owns what it needs, so the inner
-        // service is called in place (no per-request clone) and its boxed future passed on.
-        self.inner.call(req)
+        // service is called in place (no per-request clone) and its future passed on.
+        Either::Right(self.inner.call(req))
     }
 }
 
@@ -277,13 +292,11 @@ impl<S> Timeout<S> {
 
 impl<S, B> Service<Request<B>> for Timeout<S>
 where
-    S: Service<Request<B>, Response = Resp, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
+    S: Service<Request<B>, Response = Resp, Error = BoxError>,
 {
     type Response = Resp;
     type Error = BoxError;
-    type Future = BoxFut<Resp, BoxError>;
+    type Future = TimeoutFuture<S::Future>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
@@ -291,22 +304,44 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let t = self.t;
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let start = Instant::now();
-            let total = start + t.total;
-            // Before the first write Knative's idle check always fires, so I acts like S here.
-            let mut head_deadline = total;
-            for d in [t.response_start, t.idle].into_iter().flatten() {
-                head_deadline = head_deadline.min(start + d);
-            }
-            let resp = tokio::select! {
-                r = fut => r?,
-                _ = tokio::time::sleep_until(head_deadline) => {
-                    tracing::warn!(timeout = ?t.total, "Request timeout");
-                    return Err(RequestTimeout(()).into());
-                }
-            };
+        let start = Instant::now();
+        let total = start + t.total;
+        // Before the first write Knative's idle check always fires, so I acts like S here.
+        let mut head_deadline = total;
+        for d in [t.response_start, t.idle].into_iter().flatten() {
+            head_deadline = head_deadline.min(start + d);
+        }
+        TimeoutFuture {
+            inner: self.inner.call(req),
+            sleep: tokio::time::sleep_until(head_deadline),
+            total,
+            t,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Timeout`]'s response future: the head deadline, then [`TimeoutBody`] (or, after a
+    /// `101`, a task that closes the tunnel at `T`). Hand-written, see [`RescueFuture`].
+    pub struct TimeoutFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Sleep,
+        total: Instant,
+        t: Timeouts,
+    }
+}
+
+impl<F: Future<Output = Result<Resp, BoxError>>> Future for TimeoutFuture<F> {
+    type Output = Result<Resp, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        // The response first: a timer that is never polled is never registered.
+        if let Poll::Ready(r) = this.inner.poll(cx) {
+            let resp = r?;
+            let total = *this.total;
             if let Some(tunnel) = resp.extensions().get::<Tunnel>().cloned() {
                 tokio::spawn(async move {
                     tokio::select! {
@@ -314,10 +349,16 @@ where
                         _ = tunnel.closed() => {}
                     }
                 });
-                return Ok(resp);
+                return Poll::Ready(Ok(resp));
             }
-            Ok(resp.map(|b| TimeoutBody::new(b, total, t.idle).boxed_unsync()))
-        })
+            let idle = this.t.idle;
+            return Poll::Ready(Ok(
+                resp.map(|b| TimeoutBody::new(b, total, idle).boxed_unsync())
+            ));
+        }
+        ready!(this.sleep.poll(cx));
+        tracing::warn!(timeout = ?this.t.total, "Request timeout");
+        Poll::Ready(Err(RequestTimeout(()).into()))
     }
 }
 
@@ -501,25 +542,46 @@ impl<S> StatsLayer<S> {
 
 impl<S, B> Service<Request<B>> for StatsLayer<S>
 where
-    S: Service<Request<B>, Response = Resp, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
+    S: Service<Request<B>, Response = Resp, Error = BoxError>,
 {
     type Response = Resp;
     type Error = BoxError;
-    type Future = BoxFut<Resp, BoxError>;
+    type Future = StatsFuture<S::Future>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        if headers::is_kubelet_probe(req.headers()) {
-            return Box::pin(self.inner.call(req));
+        let guard = (!headers::is_kubelet_probe(req.headers()))
+            .then(|| self.stats.arrive(headers::is_proxied(req.headers())));
+        StatsFuture {
+            inner: self.inner.call(req),
+            guard,
         }
-        let guard = self.stats.arrive(headers::is_proxied(req.headers()));
-        let fut = self.inner.call(req);
-        Box::pin(async move { Ok(hold(fut.await?, guard)) })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`StatsLayer`]'s response future: moves the stats guard into the response. Hand-written,
+    /// see [`RescueFuture`].
+    pub struct StatsFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<crate::stats::InFlight>,
+    }
+}
+
+impl<F: Future<Output = Result<Resp, BoxError>>> Future for StatsFuture<F> {
+    type Output = Result<Resp, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let resp = ready!(this.inner.poll(cx))?;
+        Poll::Ready(Ok(match this.guard.take() {
+            Some(g) => hold(resp, g),
+            None => resp,
+        }))
     }
 }
 
@@ -550,8 +612,10 @@ impl<S> BreakerLayer<S> {
 
 impl<S, B> Service<Request<B>> for BreakerLayer<S>
 where
-    S: Service<Request<B>, Response = Resp, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send,
+    S: Service<Request<B>, Response = Resp, Error = BoxError, Future = BoxFut<Resp, BoxError>>
+        + Clone
+        + Send
+        + 'static,
     B: Send + 'static,
 {
     type Response = Resp;
@@ -563,11 +627,13 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        // Without a breaker (CC = 0) or for kubelet probes the inner boxed future is passed on
+        // as it is, not boxed again.
         let Some(breaker) = self.breaker.clone() else {
-            return Box::pin(self.inner.call(req));
+            return self.inner.call(req);
         };
         if headers::is_kubelet_probe(req.headers()) {
-            return Box::pin(self.inner.call(req));
+            return self.inner.call(req);
         }
         // Reserve synchronously so a full queue answers without a task hop.
         let slot = breaker.reserve();

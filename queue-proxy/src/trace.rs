@@ -11,6 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use futures_util::future::Either;
 use http::Request;
 use shared::telemetry::otlp::Tracer;
 use shared::telemetry::otlp::request::{QUEUE_PROXY, RequestSpans};
@@ -39,19 +40,14 @@ impl<S> Trace<S> {
 
 impl<S, B> Service<Request<B>> for Trace<S>
 where
-    S: Service<
-            Request<B>,
-            Response = Resp,
-            Error = Infallible,
-            Future = Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>,
-        > + Clone
-        + Send
-        + 'static,
+    S: Service<Request<B>, Response = Resp, Error = Infallible>,
+    S::Future: Send + 'static,
     B: Send + 'static,
 {
     type Response = Resp;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>;
+    /// Left: no span recorded, the inner future as it is; right: spans end with the response.
+    type Future = Either<S::Future, Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -70,16 +66,16 @@ where
             req.headers_mut(),
             self.breaker,
         ) else {
-            return inner.call(req);
+            return Either::Left(inner.call(req));
         };
         if let Some(a) = admitted {
             req.extensions_mut().insert(a);
         }
         let fut = inner.call(req);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let Ok(resp) = fut.await;
             spans.set_status(resp.status().as_u16());
             Ok(hold(resp, spans))
-        })
+        }))
     }
 }

@@ -321,3 +321,203 @@ fn strip_response_keeps_trailer_announcement() {
     assert_eq!(h.len(), 1);
     assert_eq!(h[TRAILER], "grpc-status");
 }
+
+// === pool ===
+
+/// What the raw upstream does with the `n`th request (0-based) on a connection.
+#[derive(Clone, Copy, Debug)]
+enum Act {
+    /// Answer `200 ok` and keep the connection.
+    Answer,
+    /// Answer, then close the connection after this many ms.
+    AnswerThenClose(u64),
+    /// Close without answering (after reading the head).
+    Close,
+}
+
+#[derive(Default)]
+struct Counts {
+    conns: std::sync::atomic::AtomicUsize,
+    closed: std::sync::atomic::AtomicUsize,
+    requests: std::sync::atomic::AtomicUsize,
+}
+
+impl Counts {
+    fn get(&self) -> (usize, usize, usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (
+            self.conns.load(SeqCst),
+            self.closed.load(SeqCst),
+            self.requests.load(SeqCst),
+        )
+    }
+}
+
+/// A hand-rolled HTTP/1.1 upstream (bodiless requests or `Content-Length` bodies) that counts
+/// connections, closes and requests, and acts on each request as `act(n)` says.
+async fn raw_upstream(act: fn(usize) -> Act, delay: Duration) -> (SocketAddr, Arc<Counts>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let counts = Arc::new(Counts::default());
+    let c = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            c.conns.fetch_add(1, SeqCst);
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut n = 0;
+                'conn: loop {
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 1024];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break 'conn,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < head_end + len {
+                        let mut chunk = [0u8; 1024];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break 'conn,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    buf.drain(..head_end + len);
+                    c.requests.fetch_add(1, SeqCst);
+                    tokio::time::sleep(delay).await;
+                    let a = act(n);
+                    n += 1;
+                    if matches!(a, Act::Close) {
+                        break;
+                    }
+                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    if let Act::AnswerThenClose(ms) = a {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        break;
+                    }
+                }
+                c.closed.fetch_add(1, SeqCst);
+            });
+        }
+    });
+    (addr, counts)
+}
+
+async fn get_ok(up: &Upstream<Full<Bytes>>, method: &str, body: &'static str) -> StatusCode {
+    let req = Request::builder()
+        .method(method)
+        .uri("/")
+        .header(HOST, "app")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    match timeout(DEADLINE, up.forward(req)).await.unwrap() {
+        Ok(resp) => {
+            let s = resp.status();
+            let b = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(b, "ok");
+            s
+        }
+        Err(e) => e.to_response().status(),
+    }
+}
+
+/// Waits until `f` holds (every wait has a deadline).
+async fn eventually(mut f: impl FnMut() -> bool) {
+    timeout(DEADLINE, async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("condition within the deadline");
+}
+
+#[tokio::test]
+async fn pool_reuses_one_connection_for_sequential_requests() {
+    let (addr, counts) = raw_upstream(|_| Act::Answer, Duration::ZERO).await;
+    let up: Upstream<Full<Bytes>> = Upstream::new(addr, &ClientOptions::default());
+    for _ in 0..5 {
+        assert_eq!(get_ok(&up, "GET", "").await, StatusCode::OK);
+        assert_eq!(up.inner.h1.idle_len(), 1, "returned at the end of the body");
+    }
+    assert_eq!(counts.get(), (1, 0, 5));
+}
+
+#[tokio::test]
+async fn pool_closes_connections_idle_past_the_timeout() {
+    let (addr, counts) = raw_upstream(|_| Act::Answer, Duration::ZERO).await;
+    let opts = ClientOptions {
+        pool_idle_timeout: Duration::from_millis(100),
+        ..ClientOptions::default()
+    };
+    let up: Upstream<Full<Bytes>> = Upstream::new(addr, &opts);
+    assert_eq!(get_ok(&up, "GET", "").await, StatusCode::OK);
+    // Never used past the timeout, and closed by the reaper without further traffic.
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(up.inner.h1.checkout().is_none(), "expired");
+    assert_eq!(get_ok(&up, "GET", "").await, StatusCode::OK);
+    assert_eq!(counts.get().0, 2);
+    eventually(|| counts.get().1 == 2).await;
+    assert_eq!(up.inner.h1.idle_len(), 0);
+}
+
+#[tokio::test]
+async fn pool_skips_a_connection_the_app_closed() {
+    // Each connection answers once and closes 20 ms later without `Connection: close`.
+    let (addr, counts) = raw_upstream(|_| Act::AnswerThenClose(20), Duration::ZERO).await;
+    let up: Upstream<Full<Bytes>> = Upstream::new(addr, &ClientOptions::default());
+    assert_eq!(get_ok(&up, "GET", "").await, StatusCode::OK);
+    eventually(|| counts.get().1 == 1).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // A POST is never replayed, so this only passes if the dead connection was not used.
+    assert_eq!(get_ok(&up, "POST", "body").await, StatusCode::OK);
+    assert_eq!(counts.get().2, 2, "each request reached the app once");
+}
+
+#[tokio::test]
+async fn pool_replays_a_bodiless_get_once_when_a_reused_connection_dies() {
+    // The second request on every connection is read and the connection closed unanswered:
+    // the stale keep-alive race, made deterministic.
+    let act = |n| if n == 0 { Act::Answer } else { Act::Close };
+    let (addr, counts) = raw_upstream(act, Duration::ZERO).await;
+    let up: Upstream<Full<Bytes>> = Upstream::new(addr, &ClientOptions::default());
+    assert_eq!(get_ok(&up, "GET", "").await, StatusCode::OK);
+    assert_eq!(get_ok(&up, "GET", "").await, StatusCode::OK, "replayed");
+    assert_eq!(counts.get().2, 3, "the GET reached the app twice");
+    // A POST on the reused connection is not replayed.
+    assert_eq!(get_ok(&up, "POST", "body").await, StatusCode::BAD_GATEWAY);
+    assert_eq!(counts.get().2, 4, "the POST reached the app once");
+}
+
+#[tokio::test]
+async fn pool_keeps_at_most_max_idle_connections() {
+    let (addr, counts) = raw_upstream(|_| Act::Answer, Duration::from_millis(50)).await;
+    let opts = ClientOptions {
+        pool_max_idle_per_host: 1,
+        ..ClientOptions::default()
+    };
+    let up: Upstream<Full<Bytes>> = Upstream::new(addr, &opts);
+    let (a, b, c) = tokio::join!(
+        get_ok(&up, "GET", ""),
+        get_ok(&up, "GET", ""),
+        get_ok(&up, "GET", "")
+    );
+    assert_eq!([a, b, c], [StatusCode::OK; 3]);
+    assert_eq!(counts.get().0, 3);
+    assert_eq!(up.inner.h1.idle_len(), 1);
+    eventually(|| counts.get().1 == 2).await;
+}

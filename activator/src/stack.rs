@@ -493,6 +493,33 @@ fn timeout_layer() -> impl tower::Layer<StackService, Service = StackService> + 
     })
 }
 
+/// Stage 0: a request that would wait for capacity waits *before* entering the stages, so
+/// while it is held only the request and a small waiter are alive (≈ 1 KiB), not the six stage
+/// futures (≈ 5.8 KiB; benches/RESULTS.md). This is how h2c streams and later requests of a
+/// kept-alive HTTP/1 connection are held; the first request of a new HTTP/1 connection is held
+/// the same way, outside hyper ([`crate::park`]). The outcome rides into the stages as a
+/// [`Parked`] ticket, and each stage uses it as it does for a parked connection (revision,
+/// concurrency mark, arrival time for the timeouts and the request log, lease or refusal).
+/// Requests that may not be held ahead (probes, splits, tracing on: [`crate::park::holdable`])
+/// and requests with capacity now go through the stages directly.
+fn hold_ahead(h: Arc<Handler>, stack: StackService) -> StackService {
+    BoxCloneSyncService::new(tower::service_fn(move |req: Request<Incoming>| {
+        let Some(throttler) = crate::park::holdable(&h, &req) else {
+            // Always ready (module docs): no `poll_ready` needed.
+            return futures_util::future::Either::Left(stack.clone().call(req));
+        };
+        let wait = crate::park::hold(&h, throttler, head_bytes(&req));
+        let (mut parts, body) = req.into_parts();
+        compact_head(&mut parts);
+        let mut req = Request::from_parts(parts, body);
+        let stack = stack.clone();
+        futures_util::future::Either::Right(async move {
+            req.extensions_mut().insert(wait.await);
+            Ok(call(stack, req).await)
+        })
+    }))
+}
+
 /// The revision timeout passed before the response head.
 fn timed_out() -> Response<RespBody> {
     full(shared::http::response::sniffed_text(
@@ -517,7 +544,7 @@ impl Handler {
                 }
             }))
         };
-        tower::ServiceBuilder::new()
+        let stack = tower::ServiceBuilder::new()
             // Kubelet probes first: they must never be counted, routed or throttled.
             .layer(health_layer(Arc::clone(&self.health)))
             // Probes next: the KPA's scale-to-zero handshake must work for any host.
@@ -532,7 +559,8 @@ impl Handler {
             .layer(report_layer(Arc::clone(&self.reporter)))
             // The timeout wraps throttler and proxy: the clock includes the time held.
             .layer(timeout_layer())
-            .service(activation)
+            .service(activation);
+        hold_ahead(self, stack)
     }
 
     /// Handles one request through the whole stack (tests and embedding).

@@ -85,7 +85,10 @@ impl Parked {
 impl FirstHead for Parker {
     fn hold(&self, head: &httparse::Request<'_, '_>, _info: &ConnInfo) -> Option<HoldFuture> {
         let req = routing_request(head)?;
-        let throttler = holdable(&self.handler, &req)?;
+        let throttler = resolve_ahead(&self.handler, &req)?;
+        if !throttler.likely_to_wait() {
+            return None;
+        }
         let wait = hold(&self.handler, throttler, head_bytes(head));
         Some(Box::pin(async move {
             let mut ext = http::Extensions::new();
@@ -95,12 +98,12 @@ impl FirstHead for Parker {
     }
 }
 
-/// The revision of `req` if it may be held ahead of the request path: nothing about it is
-/// special (not a probe, tracing off, no traffic split, the catalog is applied) and its
-/// revision is known and would make it wait now. Used for the first head of a new HTTP/1
-/// connection (outside hyper) and for every request hyper hands to the stack (h2c streams,
-/// kept-alive HTTP/1 requests: `stack::Handler::service`).
-pub(crate) fn holdable<B>(h: &Handler, req: &Request<B>) -> Option<Arc<RevisionThrottler>> {
+/// The revision of `req` if it may be resolved, and held, ahead of the request path: nothing
+/// about it is special (not a probe, tracing off, no traffic split, the catalog is applied) and
+/// its revision is known. Used for the first head of a new HTTP/1 connection (outside hyper)
+/// and for every request hyper hands to the stack (`stack::hold_ahead`); the request is held if
+/// the revision would make it wait now ([`RevisionThrottler::likely_to_wait`]).
+pub(crate) fn resolve_ahead<B>(h: &Handler, req: &Request<B>) -> Option<Arc<RevisionThrottler>> {
     if h.tracer.enabled() {
         // Spans start when the request enters the stack; holding it ahead would hide the
         // wait from them.
@@ -119,8 +122,7 @@ pub(crate) fn holdable<B>(h: &Handler, req: &Request<B>) -> Option<Arc<RevisionT
         }
         crate::stack::resolve_key(req, &h.cluster_domain, &snap.routes)
     };
-    let throttler = h.throttlers.get(&key).map(|t| Arc::clone(&t))?;
-    throttler.likely_to_wait().then_some(throttler)
+    h.throttlers.get(&key).map(|t| Arc::clone(&t))
 }
 
 /// Does what the request path does for a held request, in the same order: report it now (the

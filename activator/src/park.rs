@@ -19,6 +19,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use futures_util::FutureExt;
 use http::Request;
 use shared::http::headers::{self, KNATIVE_SERVING_NAMESPACE, KNATIVE_SERVING_REVISION};
 use shared::http::park::{FirstHead, HoldFuture};
@@ -89,12 +90,15 @@ impl FirstHead for Parker {
         if !throttler.likely_to_wait() {
             return None;
         }
-        let wait = hold(&self.handler, throttler, head_bytes(head));
-        Some(Box::pin(async move {
-            let mut ext = http::Extensions::new();
-            ext.insert(wait.await);
-            ext
-        }))
+        // `map`, not an `async` block: a future captured by an `async` block and awaited in it
+        // is stored twice (≈ 0.3 KiB more per parked connection).
+        Some(Box::pin(
+            hold(&self.handler, throttler, head_bytes(head)).map(|parked| {
+                let mut ext = http::Extensions::new();
+                ext.insert(parked);
+                ext
+            }),
+        ))
     }
 }
 

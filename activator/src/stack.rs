@@ -235,9 +235,13 @@ type BoxFuture = Pin<Box<dyn Future<Output = Response<RespBody>> + Send>>;
 type Next = Arc<dyn Fn(Request<Incoming>) -> BoxFuture + Send + Sync>;
 
 /// The whole request path as a cloneable, always-ready tower service (what hyper is given).
-/// Cloning it is two `Arc` clones.
+/// Cloning it is one `Arc` clone; it is one pointer wide, because hyper keeps a copy of it next
+/// to every request it has not called the service for yet (8 B, not 24 B, in each h2 stream's
+/// task, which tokio sizes in steps of 128 B).
 #[derive(Clone)]
-pub struct StackService {
+pub struct StackService(Arc<StackInner>);
+
+struct StackInner {
     handler: Arc<Handler>,
     top: Next,
 }
@@ -262,7 +266,7 @@ impl Service<Request<Incoming>> for StackService {
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         use futures_util::FutureExt;
-        hold_ahead(&self.handler, &self.top, req).map(Ok as fn(_) -> _)
+        hold_ahead(&self.0.handler, &self.0.top, req).map(Ok as fn(_) -> _)
     }
 }
 
@@ -575,7 +579,7 @@ impl Handler {
             .layer(reqlog_layer(self.request_log.clone()))
             // Reporting, timeouts, throttler and proxy: one future (`serve_revision`).
             .service(activation);
-        StackService { handler: self, top }
+        StackService(Arc::new(StackInner { handler: self, top }))
     }
 
     /// Handles one request through the whole stack (tests and embedding).

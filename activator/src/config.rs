@@ -381,10 +381,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
         }),
         level,
     );
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("activator: starting the runtime: {e}");
@@ -392,6 +389,18 @@ pub fn main(args: ServeArgs) -> ExitCode {
         }
     };
     rt.block_on(crate::serve_process(config))
+}
+
+/// The runtime for `available_parallelism` CPUs, which honours the CPU affinity mask and the
+/// cgroup CPU quota (Knative's activator deployment limits it to 1 CPU). With one CPU a
+/// multi-thread runtime still runs one worker thread, but every wake-up goes through its shared
+/// queues and the main thread parks beside it; the current-thread scheduler runs the same tasks
+/// with less bookkeeping (as the queue-proxy does; benches/RESULTS.md, activator hop).
+fn runtime() -> tokio::runtime::Builder {
+    match std::thread::available_parallelism().map(std::num::NonZeroUsize::get) {
+        Ok(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
 }
 
 #[cfg(test)]

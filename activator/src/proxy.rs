@@ -19,17 +19,21 @@ use shared::http::headers::{
 };
 
 /// A request body whose inner [`Incoming`] can be reclaimed after a failed dial (nothing was
-/// read from it then). The mutex is only taken inside `poll_frame`, never across an await.
+/// read from it then). The mutex is only taken inside `poll_frame`, never across an await. An
+/// empty body (most requests) is not kept at all, so it costs no allocation.
 #[derive(Clone, Debug, Default)]
 pub struct ReclaimBody {
-    inner: Arc<Mutex<Option<Incoming>>>,
+    inner: Option<Arc<Mutex<Option<Incoming>>>>,
 }
 
 impl ReclaimBody {
     /// Wraps `body`.
     pub fn new(body: Incoming) -> Self {
+        if body.is_end_stream() {
+            return Self::empty();
+        }
         Self {
-            inner: Arc::new(Mutex::new(Some(body))),
+            inner: Some(Arc::new(Mutex::new(Some(body)))),
         }
     }
 
@@ -40,7 +44,11 @@ impl ReclaimBody {
 
     /// Takes the inner body back; `None` for an empty body.
     pub fn take(&self) -> Option<Incoming> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.inner
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }
 
@@ -52,7 +60,10 @@ impl Body for ReclaimBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(inner) = &self.inner else {
+            return Poll::Ready(None);
+        };
+        let mut guard = inner.lock().unwrap_or_else(|p| p.into_inner());
         match guard.as_mut() {
             Some(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             None => Poll::Ready(None),
@@ -60,28 +71,38 @@ impl Body for ReclaimBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .is_none_or(Body::is_end_stream)
+        self.inner.as_ref().is_none_or(|inner| {
+            inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_none_or(Body::is_end_stream)
+        })
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        self.inner.as_ref().map_or_else(
+            || SizeHint::with_exact(0),
+            |inner| {
+                inner
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+            },
+        )
     }
 }
 
-/// Rewrites an inbound request for `dest` the way Knative's activator does:
+/// Rewrites an inbound request for the pod at `dest` the way Knative's activator does:
 /// `K-Original-Host` = inbound Host (unless already set), Host = the dest, `K-Proxy-Request:
 /// activator`, and the `Knative-Serving-Revision`/`-Namespace` routing headers removed. The
-/// shared core adds hop-by-hop stripping and `X-Forwarded-For`.
-pub fn rewrite_for_dest<B>(req: &mut Request<B>, dest: &str) {
-    let inbound_host = req.headers().get(HOST).cloned().or_else(|| {
+/// shared core adds hop-by-hop stripping and `X-Forwarded-For`. `dest` is parsed once per pod
+/// ([`crate::throttler::PodTracker::authority`]); without one the URI is left as it is.
+pub fn rewrite_for_dest<B>(req: &mut Request<B>, dest: Option<&Authority>) {
+    let headers = req.headers_mut();
+    let inbound_host = headers.remove(HOST);
+    let inbound_host = inbound_host.or_else(|| {
         req.uri()
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
@@ -92,25 +113,20 @@ pub fn rewrite_for_dest<B>(req: &mut Request<B>, dest: &str) {
     {
         headers.insert(K_ORIGINAL_HOST, h);
     }
-    headers.remove(HOST);
     headers.insert(
         K_PROXY_REQUEST,
         HeaderValue::from_static(PROXY_REQUEST_ACTIVATOR),
     );
     headers.remove(KNATIVE_SERVING_REVISION);
     headers.remove(KNATIVE_SERVING_NAMESPACE);
-    if let Ok(authority) = Authority::try_from(dest) {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        if let Ok(uri) = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(authority)
-            .path_and_query(pq)
-            .build()
-        {
+    if let Some(authority) = dest {
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(authority.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        if let Ok(uri) = Uri::from_parts(parts) {
             *req.uri_mut() = uri;
         }
     }
@@ -129,7 +145,7 @@ mod tests {
             .header(KNATIVE_SERVING_NAMESPACE, "ns")
             .body(())
             .unwrap();
-        rewrite_for_dest(&mut req, "10.0.0.1:8012");
+        rewrite_for_dest(&mut req, Some(&Authority::from_static("10.0.0.1:8012")));
         assert_eq!(req.uri(), "http://10.0.0.1:8012/p?q=1");
         assert!(req.headers().get(HOST).is_none());
         assert_eq!(req.headers()[K_ORIGINAL_HOST], "hello.default.example.com");
@@ -143,7 +159,7 @@ mod tests {
             .header(K_ORIGINAL_HOST, "a")
             .body(())
             .unwrap();
-        rewrite_for_dest(&mut req, "10.0.0.1:8012");
+        rewrite_for_dest(&mut req, Some(&Authority::from_static("10.0.0.1:8012")));
         assert_eq!(req.headers()[K_ORIGINAL_HOST], "a");
     }
 }

@@ -220,6 +220,9 @@ async fn ws_loop(
 
 #[derive(Debug)]
 struct Entry {
+    /// The map's key again, shared with every [`InFlight`] of the revision (no per-request
+    /// copy of the key's strings).
+    key: Arc<RevisionKey>,
     concurrency: f64,
     weighted: f64,
     elapsed: f64,
@@ -230,6 +233,26 @@ struct Entry {
 }
 
 impl Entry {
+    fn new(key: Arc<RevisionKey>, now: Instant) -> Self {
+        Self {
+            key,
+            concurrency: 0.0,
+            weighted: 0.0,
+            elapsed: 0.0,
+            count: 0.0,
+            last: now,
+            first_request: 1.0,
+            refs: 0,
+        }
+    }
+
+    fn arrive(&mut self, now: Instant) {
+        self.advance(now);
+        self.concurrency += 1.0;
+        self.count += 1.0;
+        self.refs += 1;
+    }
+
     fn advance(&mut self, now: Instant) {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.weighted += self.concurrency * dt;
@@ -262,7 +285,7 @@ impl std::fmt::Debug for Reporter {
 #[derive(Debug)]
 pub struct InFlight {
     reporter: Arc<Reporter>,
-    key: RevisionKey,
+    key: Arc<RevisionKey>,
 }
 
 impl Drop for InFlight {
@@ -307,40 +330,37 @@ impl Reporter {
 
     /// Records a request arriving for `key`; hold the guard until the response ends.
     pub fn request_in(self: &Arc<Self>, key: &RevisionKey) -> InFlight {
-        self.record_in(key, Instant::now());
         InFlight {
             reporter: Arc::clone(self),
-            key: key.clone(),
+            key: self.record_in(key, Instant::now()),
         }
     }
 
-    fn record_in(&self, key: &RevisionKey, now: Instant) {
-        let poke = {
+    fn record_in(&self, key: &RevisionKey, now: Instant) -> Arc<RevisionKey> {
+        let (poke, shared) = {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            let mut poke = false;
-            let e = entries.entry(key.clone()).or_insert_with(|| {
-                poke = true;
-                Entry {
-                    concurrency: 0.0,
-                    weighted: 0.0,
-                    elapsed: 0.0,
-                    count: 0.0,
-                    last: now,
-                    first_request: 1.0,
-                    refs: 0,
-                }
+            // Looked up by reference: the key is copied only for a new entry.
+            let existing = entries.get_mut(key).map(|e| {
+                e.arrive(now);
+                Arc::clone(&e.key)
             });
-            e.advance(now);
-            e.concurrency += 1.0;
-            e.count += 1.0;
-            e.refs += 1;
-            poke
+            match existing {
+                Some(shared) => (false, shared),
+                None => {
+                    let shared = Arc::new(key.clone());
+                    let mut e = Entry::new(Arc::clone(&shared), now);
+                    e.arrive(now);
+                    entries.insert(key.clone(), e);
+                    (true, shared)
+                }
+            }
         };
         if poke {
             self.sink.send(WireStatMessages {
                 messages: vec![stat_msg(key, &self.pod_name, 1.0, 1.0)],
             });
         }
+        shared
     }
 
     fn request_out(&self, key: &RevisionKey, now: Instant) {

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -121,6 +121,8 @@ pub struct PodTracker {
     in_flight: AtomicUsize,
     /// Pooled connections to the pod (shared with the prober, so probe connections get reused).
     pub upstream: PodUpstream,
+    /// `dest` parsed once, for the upstream request's URI (`None` if it is not an authority).
+    pub authority: Option<http::uri::Authority>,
 }
 
 impl PodTracker {
@@ -133,6 +135,7 @@ impl PodTracker {
             })
         });
         Arc::new(Self {
+            authority: http::uri::Authority::try_from(dest.as_str()).ok(),
             dest,
             breaker,
             in_flight: AtomicUsize::new(0),
@@ -153,7 +156,7 @@ impl PodTracker {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Some(PodLease {
             tracker: Arc::clone(self),
-            _permit: permit,
+            permit,
         })
     }
 }
@@ -161,7 +164,7 @@ impl PodTracker {
 #[derive(Debug)]
 struct PodLease {
     tracker: Arc<PodTracker>,
-    _permit: Option<Permit>,
+    permit: Option<Permit>,
 }
 
 impl Drop for PodLease {
@@ -174,7 +177,7 @@ impl Drop for PodLease {
 #[derive(Debug)]
 pub struct Lease {
     pod: PodLease,
-    _revision: Permit,
+    revision: Option<Permit>,
     /// Whether the request had to wait for capacity (it was "held").
     pub waited: bool,
     /// Whether the dest is the private service's cluster IP.
@@ -192,8 +195,11 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.throttler.active.dec();
-        // A freed pod slot may satisfy a request that re-enqueued after a failed pick.
-        self.throttler.changed.notify_waiters();
+        // Free both slots before waking anyone (fields drop only after this function), so a
+        // woken request that re-enqueued after a failed pick finds them free.
+        self.pod.permit.take();
+        self.revision.take();
+        self.throttler.wake_requeued();
     }
 }
 
@@ -276,7 +282,12 @@ pub struct RevisionThrottler {
     state: RwLock<State>,
     rr_cursor: Mutex<usize>,
     waiting: AtomicUsize,
+    /// Wakes requests waiting after a failed pick ([`Self::requeue`]).
     changed: Notify,
+    /// Counts lease ends and dest changes (see `requeue`).
+    released: AtomicU64,
+    /// Requests waiting after a failed pick.
+    requeued: AtomicUsize,
     limits: Arc<QueueLimits>,
     client_opts: ClientOptions,
     upstreams: Mutex<HashMap<String, PodUpstream>>,
@@ -314,6 +325,8 @@ impl RevisionThrottler {
             rr_cursor: Mutex::new(0),
             waiting: AtomicUsize::new(0),
             changed: Notify::new(),
+            released: AtomicU64::new(0),
+            requeued: AtomicUsize::new(0),
             limits,
             client_opts,
             upstreams: Mutex::new(HashMap::new()),
@@ -471,6 +484,7 @@ impl RevisionThrottler {
         let cap = calculate_capacity(self.cc, n, st.backends, st.activators);
         // Trackers are in place before capacity grows, so an admitted request finds a target.
         self.breaker.update_capacity(cap);
+        self.released.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_waiters();
     }
 
@@ -504,7 +518,7 @@ impl RevisionThrottler {
     /// # Errors
     /// [`QueueFull`] when a bound is reached.
     pub async fn acquire(self: &Arc<Self>, bytes: usize) -> Result<Lease, QueueFull> {
-        let slot = self.enter_queue(bytes)?;
+        let _slot = self.enter_queue(bytes)?;
         let mut waited = false;
         loop {
             let reservation = self.breaker.reserve().map_err(|_| QueueFull(()))?;
@@ -515,26 +529,49 @@ impl RevisionThrottler {
                     r.acquire().await
                 }
             };
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
+            let seen = self.released.load(Ordering::SeqCst);
             if let Some((pod, cluster_ip)) = self.pick() {
-                drop(slot);
                 self.active.inc();
+                // `_slot` is dropped on return: the request leaves the queue as it gets the lease.
                 return Ok(Lease {
                     pod,
-                    _revision: permit,
+                    revision: Some(permit),
                     waited,
                     cluster_ip,
                     throttler: Arc::clone(self),
                 });
             }
             // Re-enqueue: capacity said yes but every assigned pod is full (a race between
-            // revision and pod capacity). Wait for a release or a dest change; the timeout only
-            // guards against a missed wake-up.
+            // revision and pod capacity). Give the permit back and wait for a release or a dest
+            // change. Boxed: rare, and its waiter and timer stay out of every held request's state.
             drop(permit);
             waited = true;
+            Box::pin(self.requeue(seen)).await;
+        }
+    }
+
+    /// Waits until a slot was released or the dests changed since `seen` (a value of
+    /// `released` read before the failed pick); the timeout only guards against a missed
+    /// wake-up.
+    async fn requeue(&self, seen: u64) {
+        let changed = self.changed.notified();
+        tokio::pin!(changed);
+        self.requeued.fetch_add(1, Ordering::SeqCst);
+        changed.as_mut().enable();
+        // A release after the failed pick either bumped `released` before this read, or comes
+        // after it and then sees `requeued` > 0 and notifies (both SeqCst).
+        if self.released.load(Ordering::SeqCst) == seen {
             let _ = tokio::time::timeout(Duration::from_millis(50), changed).await;
+        }
+        self.requeued.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// A lease ended or the dests changed: wakes the requests waiting after a failed pick. The
+    /// mutex inside `notify_waiters` is taken only when there are such requests.
+    fn wake_requeued(&self) {
+        self.released.fetch_add(1, Ordering::SeqCst);
+        if self.requeued.load(Ordering::SeqCst) > 0 {
+            self.changed.notify_waiters();
         }
     }
 

@@ -25,8 +25,13 @@ pin_project! {
     pub struct TimeoutBody<B> {
         #[pin]
         inner: B,
-        overall: Pin<Box<Sleep>>,
-        idle: Option<(Duration, Pin<Box<Sleep>>)>,
+        deadline: Instant,
+        idle: Option<Duration>,
+        // When the last frame came (the idle timer counts from it).
+        last: Instant,
+        // One timer for both limits, armed at the first `Pending` of the inner body: a body
+        // that is ready at once (most small responses) never allocates or registers a timer.
+        timer: Option<Pin<Box<Sleep>>>,
         state: State,
     }
 }
@@ -44,8 +49,14 @@ impl<B> TimeoutBody<B> {
     pub fn new(inner: B, deadline: Instant, idle: Option<Duration>) -> Self {
         Self {
             inner,
-            overall: Box::pin(sleep_until(deadline)),
-            idle: idle.map(|d| (d, Box::pin(sleep_until(Instant::now() + d)))),
+            deadline,
+            last: if idle.is_some() {
+                Instant::now()
+            } else {
+                deadline
+            },
+            idle,
+            timer: None,
             state: State::Streaming,
         }
     }
@@ -78,17 +89,20 @@ where
                 if frame.is_none() {
                     *this.state = State::Done;
                 }
-                if let Some((d, s)) = this.idle.as_mut() {
-                    s.as_mut().reset(Instant::now() + *d);
+                if let Some(d) = *this.idle {
+                    *this.last = Instant::now();
+                    if let Some(t) = this.timer.as_mut() {
+                        t.as_mut().reset((*this.deadline).min(*this.last + d));
+                    }
                 }
                 return Poll::Ready(frame);
             }
-            let overall = this.overall.as_mut().poll(cx).is_ready();
-            let idle = this
-                .idle
-                .as_mut()
-                .is_some_and(|(_, s)| s.as_mut().poll(cx).is_ready());
-            if overall || idle {
+            let at = match *this.idle {
+                Some(d) => (*this.deadline).min(*this.last + d),
+                None => *this.deadline,
+            };
+            let timer = this.timer.get_or_insert_with(|| Box::pin(sleep_until(at)));
+            if timer.as_mut().poll(cx).is_ready() {
                 *this.state = State::Fired;
                 continue;
             }

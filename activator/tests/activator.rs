@@ -1160,6 +1160,94 @@ async fn held_beyond_the_queue_bound_is_503() {
     assert_eq!(gauge(&a, "kn_revision_request_queued").await, 2.0);
 }
 
+fn h2c_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+async fn h2c_get(c: HttpClient, addr: SocketAddr) -> (StatusCode, HeaderMap, String) {
+    let req = Request::builder()
+        .uri(format!("http://{addr}/"))
+        .header("host", HOST)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = timeout(DEADLINE, c.request(req)).await.unwrap().unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// h2c streams are held inside hyper, ahead of the stages (`stack::hold_ahead`): same bound,
+/// same 503, a reset stream leaves the queue at once, and released streams carry the hold time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_streams_held_bounded_reset_and_released() {
+    let mut cfg = config();
+    cfg.max_queued_requests = 3;
+    let a = start(cfg, StatsSink::Discard).await;
+    let c = h2c_client();
+    // One connection first (unknown revision: 404), so every stream below shares it.
+    let (status, _, _) = h2c_get(c.clone(), a.addr).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    a.catalog.upsert_revision(key(), spec(1));
+    let mut held: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(h2c_get(c.clone(), a.addr)))
+        .collect();
+    wait_for("held", async || {
+        gauge(&a, "kn_revision_request_queued").await == 3.0
+    })
+    .await;
+    let (status, _, body) = h2c_get(c.clone(), a.addr).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body, "pending request queue full\n");
+    // Dropping the client's response future resets the stream.
+    held.pop().unwrap().abort();
+    wait_for("reset stream left the queue", async || {
+        gauge(&a, "kn_revision_request_queued").await == 2.0
+    })
+    .await;
+    let pod = fake_pod(true, 0).await;
+    a.catalog.set_endpoints(&key(), eps(&[&pod]));
+    for h in held {
+        let (status, headers, body) = timeout(DEADLINE, h).await.unwrap().unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, pod.addr.to_string());
+        assert!(headers.contains_key("x-knative-activator-hold-ms"));
+    }
+    assert_eq!(pod.state.hits.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        *pod.state.last_version.lock().unwrap(),
+        Some(http::Version::HTTP_2)
+    );
+    wait_for("nothing queued or active", async || {
+        gauge(&a, "kn_revision_request_queued").await == 0.0
+            && gauge(&a, "kn_revision_request_active").await == 0.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_stream_held_past_the_revision_timeout_is_504() {
+    let a = start(config(), StatsSink::Discard).await;
+    a.catalog.upsert_revision(
+        key(),
+        RevisionSpec {
+            timeout: Duration::from_millis(300),
+            ..spec(1)
+        },
+    );
+    let started = Instant::now();
+    let (status, _, body) = h2c_get(h2c_client(), a.addr).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(body, "activator request timeout");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(gauge(&a, "kn_revision_request_queued").await, 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_held_from_zero_still_upgrades() {
     use futures_util::{SinkExt, StreamExt};

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Where the memory of held requests goes: runs the activator under valgrind's massif, holds N
 # HTTP/1.1 requests (revision with no pods; 127.0.0.1 only), disconnects, and prints the peak
-# heap snapshot's biggest allocation sites. Needs valgrind (Debian package).
+# heap snapshot's biggest allocation sites. Needs valgrind (Debian package). With H2C=S the N
+# requests are h2c streams sent by h2load (nghttp2-client), S per connection.
 #
 #   benches/load/held-massif.sh [BIN=target/release/activator] [N=1000]
+#   H2C=100 benches/load/held-massif.sh target/release/activator 1000
 set -euo pipefail
 BIN=${1:-target/release/activator}; N=${2:-1000}
 OUT=${OUT:-benches/load/out}; mkdir -p "$OUT"
@@ -18,15 +20,21 @@ POD_NAME=a POD_IP=127.0.0.1 SYSTEM_NAMESPACE=x ACTIVATOR_LOG_LEVEL=error valgrin
 VP=$!
 trap 'kill -INT $VP 2>/dev/null || true' EXIT
 for _ in $(seq 300); do (echo > /dev/tcp/127.0.0.1/$P) 2>/dev/null && break; sleep 0.2; done
-python3 - "$N" "$P" "$M" <<'PY'
-import socket, sys, time, urllib.request
-n, port, mport = map(int, sys.argv[1:])
+python3 - "$N" "$P" "$M" "${H2C:-0}" <<'PY'
+import socket, subprocess, sys, time, urllib.request
+n, port, mport, h2c = map(int, sys.argv[1:])
 req = (b"GET /hold HTTP/1.1\r\nHost: held.default.example.com\r\nKnative-Serving-Namespace: default\r\n"
        b"Knative-Serving-Revision: held-00001\r\nUser-Agent: x\r\nAccept: */*\r\n\r\n")
-socks = []
-for i in range(n):
-    s = socket.create_connection(("127.0.0.1", port), timeout=30); s.sendall(req); socks.append(s)
-    if i % 100 == 99: time.sleep(0.05)
+socks, h2load = [], None
+if h2c:
+    h2load = subprocess.Popen(["h2load", "-n", str(n), "-c", str(max(1, n // h2c)), "-m", str(h2c),
+        "-H", "Knative-Serving-Namespace: default", "-H", "Knative-Serving-Revision: held-00001",
+        "-H", "User-Agent: x", f"http://127.0.0.1:{port}/hold"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+else:
+    for i in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=30); s.sendall(req); socks.append(s)
+        if i % 100 == 99: time.sleep(0.05)
 for _ in range(600):
     body = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=30).read().decode()
     q = [l for l in body.splitlines() if l.startswith("kn_revision_request_queued{")]
@@ -34,6 +42,7 @@ for _ in range(600):
     time.sleep(0.5)
 time.sleep(3)
 for s in socks: s.close()
+if h2load: h2load.kill(); h2load.wait()
 time.sleep(3)
 PY
 kill -INT $VP; wait $VP || true; trap - EXIT

@@ -243,3 +243,30 @@ async fn queue_bound_by_count_and_bytes() {
     assert_eq!(limits.held_bytes(), 0);
     assert_eq!(t.waiting(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn requeued_request_wakes_on_a_release_not_on_the_timer() {
+    let t = throttler(1, 10);
+    let start = tokio::time::Instant::now();
+    // A release after the failed pick (the `seen` value): no wait at all.
+    let seen = t.released.load(Ordering::SeqCst);
+    t.wake_requeued();
+    t.requeue(seen).await;
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // Waiting: the next release wakes it (paused clock: the 50 ms guard would show).
+    let seen = t.released.load(Ordering::SeqCst);
+    let waiter = tokio::spawn({
+        let t = Arc::clone(&t);
+        async move { t.requeue(seen).await }
+    });
+    while t.requeued.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    t.wake_requeued();
+    waiter.await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(t.requeued.load(Ordering::SeqCst), 0);
+    // Nobody woke it: the guard timer ends the wait.
+    t.requeue(t.released.load(Ordering::SeqCst)).await;
+    assert_eq!(start.elapsed(), Duration::from_millis(50));
+}

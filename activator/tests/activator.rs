@@ -1116,8 +1116,8 @@ async fn held_client_reset_frees_the_slot_and_reports_nothing_left() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn held_past_the_revision_timeout_is_504() {
+/// An activator whose revision (CC 1, no pods) times out after 300 ms.
+async fn start_with_300ms_timeout() -> Activator {
     let a = start(config(), StatsSink::Discard).await;
     a.catalog.upsert_revision(
         key(),
@@ -1126,6 +1126,12 @@ async fn held_past_the_revision_timeout_is_504() {
             ..spec(1)
         },
     );
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_past_the_revision_timeout_is_504() {
+    let a = start_with_300ms_timeout().await;
     let started = Instant::now();
     let mut s = raw_held(
         &a,
@@ -1232,14 +1238,7 @@ async fn h2c_streams_held_bounded_reset_and_released() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_stream_held_past_the_revision_timeout_is_504() {
-    let a = start(config(), StatsSink::Discard).await;
-    a.catalog.upsert_revision(
-        key(),
-        RevisionSpec {
-            timeout: Duration::from_millis(300),
-            ..spec(1)
-        },
-    );
+    let a = start_with_300ms_timeout().await;
     let started = Instant::now();
     let (status, _, body) = h2c_get(h2c_client(), a.addr).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);

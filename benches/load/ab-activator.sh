@@ -14,25 +14,11 @@
 set -euo pipefail
 A=$1; B=$2; CONNS=${3:-"10 50"}; ROUNDS=${4:-5}; DUR=${5:-4}; LAYOUT=${6:-split}
 WCPU=0; [ "$LAYOUT" = one-core ] && WCPU=1
-OUT=$(mktemp -d)
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
-PIDS=()
-cleanup() { kill -9 "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$OUT"; }
-trap cleanup EXIT
+. "$(dirname "$0")/ab-lib.sh"
 APP=$(free_port); QP=$(free_port); PA=$(free_port); PB=$(free_port)
 PORT=$APP taskset -c 1 "$B"/autoscale >/dev/null 2>&1 & PIDS+=($!); APP_PID=$!
 wait_port "$APP"
-env -i PATH="$PATH" SERVING_NAMESPACE=default SERVING_CONFIGURATION=hello SERVING_REVISION=hello-00001 \
-  SERVING_POD=hello-pod SERVING_POD_IP=127.0.0.1 SERVING_SERVICE=hello QUEUE_SERVING_PORT="$QP" \
-  QUEUE_SERVING_TLS_PORT=8112 USER_PORT="$APP" CONTAINER_CONCURRENCY=0 REVISION_TIMEOUT_SECONDS=300 \
-  REVISION_RESPONSE_START_TIMEOUT_SECONDS=0 REVISION_IDLE_TIMEOUT_SECONDS=0 SERVING_READINESS_PROBE='' \
-  SERVING_LOGGING_CONFIG='' SERVING_LOGGING_LEVEL=error ENABLE_PROFILING=false \
-  SERVING_ENABLE_PROBE_REQUEST_LOG=false METRICS_COLLECTOR_ADDRESS='' ENABLE_HTTP2_AUTO_DETECTION=false \
-  ENABLE_HTTP_FULL_DUPLEX=false ROOT_CA='' SYSTEM_NAMESPACE=knative-serving \
-  SERVING_ENABLE_REQUEST_LOG=false OBSERVABILITY_CONFIG='{}' \
-  QUEUE_ADMIN_PORT="$(free_port)" QUEUE_METRICS_PORT="$(free_port)" QUEUE_USER_METRICS_PORT=0 \
-  QUEUE_DRAIN_SECONDS=1 taskset -c 1 "$B"/queue-proxy >/dev/null 2>&1 & PIDS+=($!); QP_PID=$!
+qp "$B" "$QP" "$APP"; QP_PID=$!
 wait_port "$QP"
 printf 'revisions:\n  - namespace: default\n    name: hello-00001\n    containerConcurrency: 0\n    ready: ["127.0.0.1:%s"]\n' "$QP" > "$OUT/source.yaml"
 act() { # BIN PORT
@@ -44,9 +30,6 @@ act() { # BIN PORT
 act "$A" "$PA"; A_PID=$!
 act "$B" "$PB"; B_PID=$!
 wait_port "$PA"; wait_port "$PB"
-HDR=(-H "Host: hello.default.example.com" -H "Knative-Serving-Namespace: default" -H "Knative-Serving-Revision: hello-00001")
-ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
-HZ=$(getconf CLK_TCK)
 declare -A PORT=([A]=$PA [B]=$PB [qp]=$QP) PID=([A]=$A_PID [B]=$B_PID [qp]="")
 # The activator is ready once it answers 200 (probe of the pod done).
 for v in A B; do for _ in $(seq 100); do

@@ -56,9 +56,10 @@ fn parse_args() -> Args {
     let mut a = Args {
         ns: vec![1, 100, 1000],
         trials: 20,
-        bin: PathBuf::from("target/release"),
+        // `cargo bench` runs this from the package directory; the binaries are the workspace's.
+        bin: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"),
         variants: vec!["activator".into(), "activator+qp".into()],
-        out: PathBuf::from("benches/load/out"),
+        out: Path::new(env!("CARGO_MANIFEST_DIR")).join("load/out"),
         bench: false,
     };
     let mut it = std::env::args().skip(1);

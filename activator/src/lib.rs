@@ -35,6 +35,7 @@ pub mod lb;
 pub mod local;
 pub mod manager;
 pub mod metrics;
+pub mod packed;
 pub mod park;
 pub mod probe;
 pub mod proxy;

@@ -538,14 +538,15 @@ fn hold_ahead(h: &Handler, top: &Next, mut req: Request<Incoming>) -> BoxFuture 
     }
     let wait = crate::park::hold(h, throttler, head_bytes(&req));
     let (mut parts, body) = req.into_parts();
-    compact_head(&mut parts);
-    let mut req = Request::from_parts(parts, body);
+    let packed = crate::packed::PackedHead::take(&mut parts);
     let top = Arc::clone(top);
     // `then`, not an `async` block: a future captured by an `async` block and awaited in it is
     // stored twice (the capture and the awaited copy); this one is the waiter, then the stages.
     Box::pin(wait.then(move |parked| {
-        req.extensions_mut().insert(parked);
-        top(req)
+        let mut parts = parts;
+        packed.restore(&mut parts);
+        parts.extensions.insert(parked);
+        top(Request::from_parts(parts, body))
     }))
 }
 

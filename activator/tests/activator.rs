@@ -1176,6 +1176,8 @@ async fn h2c_get(c: HttpClient, addr: SocketAddr) -> (StatusCode, HeaderMap, Str
     let req = Request::builder()
         .uri(format!("http://{addr}/"))
         .header("host", HOST)
+        .header("x-test-field", "one")
+        .header("x-test-field", "two")
         .body(Full::new(Bytes::new()))
         .unwrap();
     let resp = timeout(DEADLINE, c.request(req)).await.unwrap().unwrap();
@@ -1229,6 +1231,11 @@ async fn h2c_streams_held_bounded_reset_and_released() {
         *pod.state.last_version.lock().unwrap(),
         Some(http::Version::HTTP_2)
     );
+    // The head was packed while held (`activator::packed`) and restored intact.
+    let seen = pod.state.last_headers.lock().unwrap().clone().unwrap();
+    let fields: Vec<_> = seen.get_all("x-test-field").iter().collect();
+    assert_eq!(fields, ["one", "two"]);
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
     wait_for("nothing queued or active", async || {
         gauge(&a, "kn_revision_request_queued").await == 0.0
             && gauge(&a, "kn_revision_request_active").await == 0.0

@@ -16,14 +16,7 @@ PORT=$APP taskset -c 1 "$B"/autoscale >/dev/null 2>&1 & PIDS+=($!)
 wait_port "$APP"
 qp "$A" "$PA" "$APP"; A_PID=$!
 qp "$B" "$PB" "$APP"; B_PID=$!
-cat > "$OUT/nginx.conf" <<NG
-daemon off; worker_processes 1; pid $OUT/nginx.pid; error_log /dev/null;
-events { worker_connections 8192; }
-http { access_log off; keepalive_requests 1000000;
-  upstream app { server 127.0.0.1:$APP; keepalive 1000; }
-  server { listen 127.0.0.1:$NG;
-    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-NG
+nginx_conf "$OUT/nginx.pid" "$APP" "$NG" > "$OUT/nginx.conf"
 taskset -c 1 nginx -c "$OUT/nginx.conf" -p "$OUT" >/dev/null 2>&1 & PIDS+=($!); NG_PID=$!
 wait_port "$PA"; wait_port "$PB"; wait_port "$NG"
 NGW=$(pgrep -P "$NG_PID" || true); PIDS+=($NGW)

@@ -49,27 +49,14 @@ PIDS=()
 # Background jobs may be shells around the real process: stop their children too.
 cleanup() { for p in "${PIDS[@]}"; do kill $(pgrep -P "$p" || true) "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+. benches/load/lib.sh
 
 APP=$(free_port); QP=$(free_port); QPC=$(free_port); NG=$(free_port); HA=$(free_port); HAC=$(free_port); ACT=$(free_port)
 PORT=$APP taskset -c 1 "$BIN"/autoscale >/dev/null 2>&1 & PIDS+=($!); APP_PID=$!
 wait_port "$APP"
 
-start_qp() { # PORT CC LOG
-  env -i PATH="$PATH" SERVING_NAMESPACE=default SERVING_CONFIGURATION=hello SERVING_REVISION=hello-00001 \
-    SERVING_POD=hello-pod SERVING_POD_IP=127.0.0.1 SERVING_SERVICE=hello QUEUE_SERVING_PORT="$1" \
-    QUEUE_SERVING_TLS_PORT=8112 USER_PORT=$APP CONTAINER_CONCURRENCY="$2" REVISION_TIMEOUT_SECONDS=300 \
-    REVISION_RESPONSE_START_TIMEOUT_SECONDS=0 REVISION_IDLE_TIMEOUT_SECONDS=0 SERVING_READINESS_PROBE='' \
-    SERVING_LOGGING_CONFIG='' SERVING_LOGGING_LEVEL=error ENABLE_PROFILING=false \
-    SERVING_ENABLE_PROBE_REQUEST_LOG=false METRICS_COLLECTOR_ADDRESS='' ENABLE_HTTP2_AUTO_DETECTION=false \
-    ENABLE_HTTP_FULL_DUPLEX=false ROOT_CA='' SYSTEM_NAMESPACE=knative-serving \
-    SERVING_ENABLE_REQUEST_LOG=false OBSERVABILITY_CONFIG='{}' \
-    QUEUE_ADMIN_PORT="$(free_port)" QUEUE_METRICS_PORT="$(free_port)" QUEUE_USER_METRICS_PORT=0 QUEUE_DRAIN_SECONDS=1 \
-    taskset -c 1 "$BIN"/queue-proxy >"$3" 2>&1
-}
-start_qp "$QP" 0 "$OUT/qp.log" & PIDS+=($!); QP_PID=$!
-start_qp "$QPC" "$CC" "$OUT/qp-cc.log" & PIDS+=($!); QPC_PID=$!
+run_qp "$BIN" "$QP" "$APP" 0 >"$OUT/qp.log" 2>&1 & PIDS+=($!); QP_PID=$!
+run_qp "$BIN" "$QPC" "$APP" "$CC" >"$OUT/qp-cc.log" 2>&1 & PIDS+=($!); QPC_PID=$!
 wait_port "$QP"; wait_port "$QPC"
 
 cat > "$OUT/source.yaml" <<YAML
@@ -84,14 +71,7 @@ POD_NAME=act POD_IP=127.0.0.1 SYSTEM_NAMESPACE=knative-serving ACTIVATOR_LOG_LEV
   >"$OUT/act.log" 2>&1 & PIDS+=($!); ACT_PID=$!
 wait_port "$ACT" || { cat "$OUT/act.log"; exit 1; }
 
-cat > "$OUT/nginx.conf" <<NG
-daemon off; worker_processes 1; pid $PWD/$OUT/nginx.pid; error_log /dev/null;
-events { worker_connections 8192; }
-http { access_log off; keepalive_requests 1000000;
-  upstream app { server 127.0.0.1:$APP; keepalive 1000; }
-  server { listen 127.0.0.1:$NG;
-    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-NG
+nginx_conf "$PWD/$OUT/nginx.pid" "$APP" "$NG" > "$OUT/nginx.conf"
 taskset -c 1 nginx -c "$PWD/$OUT/nginx.conf" -p "$PWD/$OUT" >/dev/null 2>&1 & PIDS+=($!); NG_PID=$!
 cat > "$OUT/haproxy.cfg" <<HA
 global
@@ -125,13 +105,12 @@ pss() { awk '/^Pss:/{print $2}' "/proc/$1/smaps_rollup"; }
 tree() { echo "$1" $(pgrep -P "$1" || true); }
 pss_tree() { local t=0 p; for p in $(tree "$1"); do t=$((t + $(pss "$p"))); done; echo "$t"; }
 # utime+stime of a process and its children (nginx's worker does the work, not its master).
-cpu_ticks() { local t=0 p; for p in $(tree "$1"); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
+# shellcheck disable=SC2046
+cpu_ticks() { ticks $(tree "$1"); }
 steal_snap() { awk '/^cpu /{t=0; for(i=2;i<=9;i++) t+=$i; print t, $9}' /proc/stat; }
-HZ=$(getconf CLK_TCK)
 declare -A PORTOF=( [direct]=$APP [queue-proxy]=$QP [qp-cc$CC]=$QPC [activator+qp]=$ACT [nginx]=$NG [haproxy]=$HA [haproxy-maxconn$CC]=$HAC )
 declare -A PID=( [direct]=$APP_PID [queue-proxy]=$QP_PID [qp-cc$CC]=$QPC_PID [activator+qp]="$ACT_PID $QP_PID" [nginx]=$NG_PID [haproxy]=$HA_PID [haproxy-maxconn$CC]=$HA_PID )
 VARIANTS=(direct queue-proxy "qp-cc$CC" activator+qp nginx haproxy "haproxy-maxconn$CC")
-HDR=(-H "Host: hello.default.example.com" -H "Knative-Serving-Namespace: default" -H "Knative-Serving-Revision: hello-00001")
 # The queue-proxy's binary may run under the backgrounded function's shell; measure the real process.
 QP_REAL=$(pgrep -P "$QP_PID" || echo "$QP_PID"); QPC_REAL=$(pgrep -P "$QPC_PID" || echo "$QPC_PID")
 PID[queue-proxy]=$QP_REAL; PID[qp-cc$CC]=$QPC_REAL; PID[activator+qp]="$ACT_PID $QP_REAL"

@@ -53,6 +53,7 @@ use tower::Service;
 
 use crate::catalog::RevisionKey;
 use crate::metrics::Metrics;
+use crate::packed::PackedHead;
 use crate::park::Parked;
 use crate::proxy::{ReclaimBody, rewrite_for_dest};
 use crate::reporter::{Reporter, StatsSink};
@@ -538,7 +539,7 @@ fn hold_ahead(h: &Handler, top: &Next, mut req: Request<Incoming>) -> BoxFuture 
     }
     let wait = crate::park::hold(h, throttler, head_bytes(&req));
     let (mut parts, body) = req.into_parts();
-    let packed = crate::packed::PackedHead::take(&mut parts);
+    let packed = PackedHead::take(&mut parts);
     let top = Arc::clone(top);
     // `then`, not an `async` block: a future captured by an `async` block and awaited in it is
     // stored twice (the capture and the awaited copy); this one is the waiter, then the stages.
@@ -607,9 +608,10 @@ impl Handler {
         let parked = parts.extensions.remove::<Parked>();
         let arrived = parked.as_ref().map_or_else(Instant::now, Parked::arrived);
         let mut held = parked.as_ref().and_then(Parked::take_lease);
-        if held.is_none() && throttler.likely_to_wait() {
-            compact_head(&mut parts);
-        }
+        // Waiting here is rare (`hold_ahead` holds what is likely to wait): the head waits
+        // packed the same way.
+        let mut packed =
+            (held.is_none() && throttler.likely_to_wait()).then(|| PackedHead::take(&mut parts));
         // Upgrade requests keep hyper's upgrade handle (in the extensions) and are never retried.
         let mut original = Some(parts);
         let body = ReclaimBody::new(body);
@@ -626,6 +628,9 @@ impl Handler {
             };
             if let Some(a) = &admitted {
                 a.mark();
+            }
+            if let (Some(p), Some(parts)) = (packed.take(), original.as_mut()) {
+                p.restore(parts);
             }
             let tracker = Arc::clone(lease.tracker());
             let parts = match &original {
@@ -675,36 +680,6 @@ impl Handler {
 fn proxy_error(key: &RevisionKey, e: &ProxyError) -> Response<RespBody> {
     tracing::warn!(revision = %key, error = %e, "error proxying the request");
     full(e.to_response())
-}
-
-/// Copies the header values and the URI of a request that is about to be held into one small
-/// buffer of their own. hyper parses them as slices of the connection's 8 KiB read buffer, and
-/// while any slice is alive the whole buffer stays allocated; hyper has already allocated a new
-/// one for the next read, so without this a held HTTP/1 request pins two read buffers.
-fn compact_head(parts: &mut http::request::Parts) {
-    let uri = parts.uri.to_string();
-    let len: usize = parts.headers.values().map(HeaderValue::len).sum::<usize>() + uri.len();
-    let mut buf = bytes::BytesMut::with_capacity(len);
-    buf.extend_from_slice(uri.as_bytes());
-    let uri_end = buf.len();
-    for v in parts.headers.values() {
-        buf.extend_from_slice(v.as_bytes());
-    }
-    let buf = buf.freeze();
-    if let Ok(u) = http::Uri::from_maybe_shared(buf.slice(..uri_end)) {
-        parts.uri = u;
-    }
-    let mut at = uri_end;
-    for v in parts.headers.values_mut() {
-        let end = at + v.len();
-        // The bytes were a valid value a moment ago, so this cannot fail; keep the old value if
-        // it somehow does.
-        if let Ok(mut copy) = HeaderValue::from_maybe_shared(buf.slice(at..end)) {
-            copy.set_sensitive(v.is_sensitive());
-            *v = copy;
-        }
-        at = end;
-    }
 }
 
 /// Request parts for one attempt. The connection facts and hyper's upgrade handle (only present

@@ -447,13 +447,16 @@ where
                 }
                 // The request was written and the connection died before the response head:
                 // the stale keep-alive race. Replay once if replayable.
-                _ if died_before_response(err.error()) && replay.is_some() => {
+                _ => {
+                    let again = died_before_response(err.error())
+                        .then(|| replay.take())
+                        .flatten();
+                    let Some(again) = again else {
+                        return Err(ProxyError::Transport(err.into_error().into()));
+                    };
                     tracing::debug!(error = %err.error(), "upstream connection closed under a replayable request; retrying once");
-                    req = replay
-                        .take()
-                        .unwrap_or_else(|| Request::new(ForwardBody::Empty));
+                    req = again;
                 }
-                _ => return Err(ProxyError::Transport(err.into_error().into())),
             }
         }
     }

@@ -63,7 +63,7 @@ pub struct Warning {
 }
 
 /// One revision, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RevisionPlan {
     /// Service name.
     pub service: String,
@@ -104,6 +104,9 @@ pub struct Target {
     pub percent: u32,
     /// `tag`: also routed at `<tag>-<service>.<namespace>.<domain>`.
     pub tag: Option<String>,
+    /// `latestRevision: true` (explicit or defaulted): follows the newest *ready* revision at
+    /// run time (`revision` is the latest created, where it starts).
+    pub latest: bool,
 }
 
 /// One Service: its revisions (in declaration order) and its traffic.
@@ -113,7 +116,8 @@ pub struct ServicePlan {
     pub name: String,
     /// Namespace.
     pub namespace: String,
-    /// Revisions, oldest first.
+    /// Revisions, oldest first; the last is the latest created (a rollback to an earlier
+    /// revision's name moves that revision to the end).
     pub revisions: Vec<RevisionPlan>,
     /// Traffic of the last document.
     pub traffic: Vec<Target>,
@@ -185,6 +189,8 @@ pub fn parse(
     let mut services: Vec<ServicePlan> = Vec::new();
     let mut traffic: BTreeMap<(String, String), PendingTraffic<'_>> = BTreeMap::new();
     let mut warnings = Vec::new();
+    // Documents seen per Service: Knative's generation, which numbers default revision names.
+    let mut generations: BTreeMap<usize, u32> = BTreeMap::new();
     for (file, text) in sources {
         for doc in documents(file, text) {
             let svc: ServiceYaml =
@@ -228,20 +234,33 @@ pub fn parse(
                 }
             };
             let svc_plan = &mut services[idx];
+            let generation = generations.entry(idx).or_insert(0);
+            *generation += 1;
             let rev_name = match rev.name.is_empty() {
                 false => rev.name.clone(),
-                true => format!("{name}-{:05}", svc_plan.revisions.len() + 1),
+                true => format!("{name}-{generation:05}"),
             };
-            if svc_plan.revisions.iter().any(|r| r.name == rev_name) {
-                return Err(doc.err(
-                    &["spec", "template", "metadata", "name"],
-                    format!("revision {rev_name:?} is declared twice"),
-                ));
-            }
-            svc_plan.revisions.push(RevisionPlan {
-                name: rev_name,
+            let rev = RevisionPlan {
+                name: rev_name.clone(),
                 ..rev
-            });
+            };
+            match svc_plan.revisions.iter().position(|r| r.name == rev_name) {
+                // Rolling back to an earlier template under its own name: Knative creates no
+                // revision and that one is the latest again (test/e2e/rollback_byo_test.go).
+                Some(i) if svc_plan.revisions[i] == rev => {
+                    let again = svc_plan.revisions.remove(i);
+                    svc_plan.revisions.push(again);
+                }
+                Some(_) => {
+                    return Err(doc.err(
+                        &["spec", "template", "metadata", "name"],
+                        format!(
+                            "revision {rev_name:?} is declared twice with different templates (Knative rejects a changed template under an existing name)"
+                        ),
+                    ));
+                }
+                None => svc_plan.revisions.push(rev),
+            }
             traffic.insert(
                 (ns, name),
                 PendingTraffic {
@@ -330,7 +349,14 @@ fn revision(
     let (container_port, protocol) = port(doc, &c.ports)?;
     let readiness_probe = match c.readiness_probe {
         None => None,
-        Some(v) => Some(probe(doc, v, container_port, warnings)?),
+        Some(v) => {
+            let port_name = c
+                .ports
+                .first()
+                .and_then(|p| p.name.as_deref())
+                .filter(|n| !n.is_empty());
+            Some(probe(doc, v, container_port, port_name, warnings)?)
+        }
     };
     let mut env = Vec::new();
     for e in c.env {
@@ -411,7 +437,7 @@ mod probe;
 mod traffic;
 mod yaml;
 
-pub use self::probe::{DEFAULT_PORT, queue_proxy_probe};
+pub use self::probe::{DEFAULT_PORT, explicit_port, queue_proxy_probe};
 
 #[cfg(test)]
 mod tests;

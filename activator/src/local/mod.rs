@@ -329,6 +329,7 @@ mod tests {
             revision: revision.into(),
             percent,
             tag: tag.map(Into::into),
+            latest: false,
         }
     }
 

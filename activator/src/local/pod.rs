@@ -139,7 +139,12 @@ pub fn start(t: &PodTemplate, n: u64) -> std::io::Result<Pod> {
         .spawn()
         .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", t.program.display())))?;
     pipe_lines(name.clone(), &mut app);
-    let probe = queue_proxy_probe(t.plan.readiness_probe.as_ref(), user_port).to_string();
+    let probe = queue_proxy_probe(
+        t.plan.readiness_probe.as_ref(),
+        user_port,
+        t.plan.container_port,
+    )
+    .to_string();
     let mut qp = Command::new(&t.queue_proxy);
     qp.env("SERVING_NAMESPACE", &t.key.namespace)
         .env("SERVING_CONFIGURATION", &t.service)

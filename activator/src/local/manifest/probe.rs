@@ -46,12 +46,13 @@ pub(super) fn port(doc: &Doc<'_>, ports: &[PortYaml]) -> Result<(u16, Protocol),
     Ok((n, protocol))
 }
 
-/// Validates `readinessProbe` as Knative does (one handler; an explicit port must be the
-/// container port) and returns it as JSON.
+/// Validates `readinessProbe` as Knative does (one handler; a named port must be the container
+/// port's name) and returns it as JSON.
 pub(super) fn probe(
     doc: &Doc<'_>,
     v: serde_yaml_ng::Value,
     container_port: u16,
+    port_name: Option<&str>,
     warnings: &mut Vec<Warning>,
 ) -> Result<serde_json::Value, ManifestError> {
     let at = ["spec", "template", "spec", "containers", "readinessProbe"];
@@ -70,15 +71,25 @@ pub(super) fn probe(
         ));
     }
     if let Some(h) = handlers.first() {
-        let port = obj[*h].get("port");
-        if let Some(p) = port.filter(|p| !p.is_null())
-            && p.as_u64() != Some(u64::from(container_port))
-            && p.as_u64() != Some(0)
+        // Knative's webhook (`validateProbe`) only rejects a *named* port other than the
+        // container port's name (`http` when unnamed); a number is probed as written.
+        let named = port_name.unwrap_or("http");
+        if let Some(name) = obj[*h].get("port").and_then(serde_json::Value::as_str)
+            && name != named
+            && name.parse::<u16>().is_err()
         {
             let field: Vec<&str> = at.iter().copied().chain([*h, "port"]).collect();
             return Err(doc.err(
                 &field,
-                format!("{p}: may only probe the container port {container_port}"),
+                format!("{name:?}: probe port must match container port (named {named:?})"),
+            ));
+        }
+        if let Some(p) = explicit_port(&json, container_port) {
+            warnings.push(doc.warn(
+                &at,
+                &format!(
+                    "probe port {p} is not the container port: probed on 127.0.0.1:{p} as written, which every pod on this machine shares (only one pod of this revision can listen there)"
+                ),
             ));
         }
         if *h == "exec" {
@@ -91,12 +102,34 @@ pub(super) fn probe(
     Ok(json)
 }
 
+/// A numeric probe port other than the container port (and not 0): Knative's reconciler probes
+/// that port instead of the user port (`queue.go` `probePort`).
+pub fn explicit_port(probe: &serde_json::Value, container_port: u16) -> Option<u16> {
+    ["httpGet", "tcpSocket", "grpc"]
+        .iter()
+        .filter_map(|h| probe.get(*h)?.get("port"))
+        .find_map(|p| {
+            p.as_u64()
+                .or_else(|| p.as_str().and_then(|s| s.parse().ok()))
+        })
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0 && *p != container_port)
+}
+
 /// The `SERVING_READINESS_PROBE` Knative's reconciler gives the queue-proxy: the user's probe
-/// (or the default TCP probe) aimed at `127.0.0.1:<user_port>`, an exec probe replaced by TCP,
+/// (or the default TCP probe) aimed at `127.0.0.1:<user_port>` (or at an explicit probe port
+/// other than `container_port`, as written), an exec probe replaced by TCP,
 /// `successThreshold` defaulted to 1 and a `timeoutSeconds` of at least 1 when periodic.
 /// Mirrors `pkg/reconciler/revision/resources/queue.go` `applyReadinessProbeDefaults`.
-pub fn queue_proxy_probe(probe: Option<&serde_json::Value>, user_port: u16) -> serde_json::Value {
+pub fn queue_proxy_probe(
+    probe: Option<&serde_json::Value>,
+    user_port: u16,
+    container_port: u16,
+) -> serde_json::Value {
     use serde_json::{Value, json};
+    let user_port = probe
+        .and_then(|p| explicit_port(p, container_port))
+        .unwrap_or(user_port);
     let mut p = probe
         .cloned()
         .filter(Value::is_object)

@@ -42,7 +42,8 @@ fn one_document_is_one_revision_with_all_traffic() {
         vec![Target {
             revision: "hello-00001".into(),
             percent: 100,
-            tag: None
+            tag: None,
+            latest: true,
         }]
     );
 }
@@ -65,12 +66,14 @@ fn later_documents_are_new_revisions_and_the_last_traffic_wins() {
             Target {
                 revision: "hello-00001".into(),
                 percent: 80,
-                tag: None
+                tag: None,
+                latest: false,
             },
             Target {
                 revision: "hello-00002".into(),
                 percent: 20,
-                tag: Some("candidate".into())
+                tag: Some("candidate".into()),
+                latest: true,
             }
         ]
     );
@@ -159,8 +162,8 @@ fn traffic_is_validated() {
             "must be a DNS label",
         ),
         (
-            "    - percent: 100\n",
-            "set revisionName, or latestRevision: true",
+            "    - latestRevision: false\n      percent: 100\n",
+            "latestRevision: false needs a revisionName",
         ),
     ];
     for (traffic, want) in cases {
@@ -198,8 +201,8 @@ fn ports_and_probes() {
             "must be \"http1\" or \"h2c\"",
         ),
         (
-            "          readinessProbe:\n            httpGet:\n              port: 1234\n",
-            "may only probe the container port 8080",
+            "          readinessProbe:\n            httpGet:\n              port: admin\n",
+            "probe port must match container port (named \"http\")",
         ),
         (
             "          readinessProbe:\n            httpGet: {}\n            tcpSocket: {}\n",
@@ -231,12 +234,12 @@ fn unsupported_fields_warn_with_their_line() {
 fn queue_proxy_probe_is_rewritten_like_knatives_reconciler() {
     use serde_json::json;
     assert_eq!(
-        queue_proxy_probe(None, 4000),
+        queue_proxy_probe(None, 4000, 8080),
         json!({"tcpSocket": {"host": "127.0.0.1", "port": 4000}, "successThreshold": 1})
     );
     let p = json!({"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 2});
     assert_eq!(
-        queue_proxy_probe(Some(&p), 4000),
+        queue_proxy_probe(Some(&p), 4000, 8080),
         json!({
             "httpGet": {"path": "/ready", "port": 4000, "host": "127.0.0.1", "scheme": "HTTP"},
             "periodSeconds": 2, "timeoutSeconds": 1, "successThreshold": 1
@@ -244,7 +247,7 @@ fn queue_proxy_probe_is_rewritten_like_knatives_reconciler() {
     );
     let p = json!({"exec": {"command": ["true"]}, "successThreshold": 3});
     assert_eq!(
-        queue_proxy_probe(Some(&p), 4000),
+        queue_proxy_probe(Some(&p), 4000, 8080),
         json!({"tcpSocket": {"host": "127.0.0.1", "port": 4000}, "successThreshold": 3})
     );
 }
@@ -325,4 +328,113 @@ fn knative_limits_on_concurrency_and_timeouts() {
     )
     .unwrap();
     assert_eq!(svcs[0].revisions[0].container_concurrency, 1000);
+}
+
+/// Issue 16 item 1: an entry without `revisionName` defaults to `latestRevision: true`
+/// (Knative's route_defaults.go), with a tag alone or with a percent.
+#[test]
+fn traffic_entry_without_revision_name_follows_the_latest() {
+    let second = HELLO.replace("value: blue", "value: green").replace(
+        "  template:\n",
+        "  traffic:\n    - revisionName: hello-00001\n      percent: 100\n    - tag: latest\n  template:\n",
+    );
+    let text = format!("{HELLO}---\n{second}");
+    let (svcs, _) = parse(&[("a.yaml", &text)], &autoscaler::Config::default()).unwrap();
+    assert_eq!(
+        svcs[0].traffic[1],
+        Target {
+            revision: "hello-00002".into(),
+            percent: 0,
+            tag: Some("latest".into()),
+            latest: true,
+        }
+    );
+    let only_percent = HELLO.replace(
+        "  template:\n",
+        "  traffic:\n    - percent: 100\n  template:\n",
+    );
+    let (svcs, _) = parse(&[("a.yaml", &only_percent)], &autoscaler::Config::default()).unwrap();
+    assert_eq!(svcs[0].traffic[0].revision, "hello-00001");
+    assert!(svcs[0].traffic[0].latest);
+}
+
+/// Issue 16 item 2 (test/e2e/rollback_byo_test.go TestRollbackBYOName): byo-foo, then
+/// byo-foo-new, then the first document again: no new revision, byo-foo is the latest again and
+/// takes the traffic. A changed template under an existing name is still an error.
+#[test]
+fn rolling_back_to_an_earlier_named_template_reuses_its_revision() {
+    let named = |rev: &str, target: &str| {
+        HELLO
+            .replace(
+                "  template:\n    spec:",
+                &format!("  traffic:\n    - revisionName: {rev}\n      percent: 100\n  template:\n    metadata:\n      name: {rev}\n    spec:"),
+            )
+            .replace("value: blue", &format!("value: {target}"))
+    };
+    let old = named("hello-byo-foo", "old");
+    let new = named("hello-byo-foo-new", "new");
+    let text = format!(
+        "{old}---\n{new}---\n{old}---\n{}",
+        HELLO.replace("value: blue", "value: five")
+    );
+    let (svcs, _) = parse(&[("a.yaml", &text)], &autoscaler::Config::default()).unwrap();
+    let names: Vec<&str> = svcs[0].revisions.iter().map(|r| r.name.as_str()).collect();
+    // The fourth document is generation 4 (Knative numbers by generation, not by count).
+    assert_eq!(names, ["hello-byo-foo-new", "hello-byo-foo", "hello-00004"]);
+    let text = format!("{old}---\n{new}---\n{old}");
+    let (svcs, _) = parse(&[("a.yaml", &text)], &autoscaler::Config::default()).unwrap();
+    let names: Vec<&str> = svcs[0].revisions.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["hello-byo-foo-new", "hello-byo-foo"]);
+    assert_eq!(svcs[0].traffic[0].revision, "hello-byo-foo");
+    assert_eq!(svcs[0].traffic[0].percent, 100);
+    let changed = format!("{old}---\n{}", named("hello-byo-foo", "changed"));
+    let e = err(&[("a.yaml", &changed)]);
+    assert!(e.contains("declared twice with different templates"), "{e}");
+}
+
+/// Issue 16 item 5 (test/e2e/readiness_test.go TestReadinessAlternatePort): a numeric probe port
+/// other than the container port is accepted and probed as written; a named port must be the
+/// container port's name.
+#[test]
+fn readiness_probe_on_another_numeric_port_is_probed_there() {
+    let with = |extra: &str| HELLO.replace("          env:\n", &format!("{extra}          env:\n"));
+    let (svcs, warnings) = parse(
+        &[(
+            "a.yaml",
+            &with("          readinessProbe:\n            httpGet:\n              port: 8077\n              path: /readiness\n"),
+        )],
+        &autoscaler::Config::default(),
+    )
+    .unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.message.contains("probe port 8077")),
+        "{warnings:?}"
+    );
+    let r = &svcs[0].revisions[0];
+    let qp = queue_proxy_probe(r.readiness_probe.as_ref(), 40000, r.container_port);
+    assert_eq!(qp["httpGet"]["port"], 8077);
+    // The container port itself (and no port) is the pod's own PORT.
+    let (svcs, _) = parse(
+        &[(
+            "a.yaml",
+            &with("          readinessProbe:\n            tcpSocket:\n              port: 8080\n"),
+        )],
+        &autoscaler::Config::default(),
+    )
+    .unwrap();
+    let r = &svcs[0].revisions[0];
+    let qp = queue_proxy_probe(r.readiness_probe.as_ref(), 40000, r.container_port);
+    assert_eq!(qp["tcpSocket"]["port"], 40000);
+    // Named ports: the port's name, or `http` when it has none.
+    for (ports, port) in [
+        ("", "http"),
+        ("          ports:\n            - name: h2c\n", "h2c"),
+    ] {
+        let text = with(&format!(
+            "{ports}          readinessProbe:\n            httpGet:\n              port: {port}\n"
+        ));
+        parse(&[("a.yaml", &text)], &autoscaler::Config::default()).unwrap();
+    }
 }

@@ -27,6 +27,7 @@ pub(super) fn resolve_traffic(
             revision: latest,
             percent: 100,
             tag: None,
+            latest: true,
         }]);
     };
     let doc = &t.doc;
@@ -59,9 +60,11 @@ pub(super) fn resolve_traffic(
                 }
                 r.clone()
             }
-            (None, Some(true)) => latest.clone(),
-            (None, _) => {
-                return Err(doc.err(&at_i, "set revisionName, or latestRevision: true"));
+            // Knative defaults `latestRevision` to "no revisionName" (route_defaults.go), so an
+            // entry with only a tag or a percent follows the latest revision.
+            (None, Some(true) | None) => latest.clone(),
+            (None, Some(false)) => {
+                return Err(doc.err(&at_i, "latestRevision: false needs a revisionName"));
             }
         };
         let percent = e.percent.unwrap_or(0);
@@ -89,6 +92,7 @@ pub(super) fn resolve_traffic(
             revision,
             percent,
             tag: e.tag.clone(),
+            latest: e.revision_name.is_none(),
         });
     }
     let sum: u32 = out.iter().map(|t| t.percent).sum();

@@ -219,6 +219,7 @@ pub async fn run(
         drainer: drainer.clone(),
         prober,
         observer,
+        pod: config.pod.clone(),
         tracer: config
             .tracing
             .clone()

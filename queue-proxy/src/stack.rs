@@ -179,7 +179,14 @@ pub struct DrainProbe<S> {
     inner: S,
     drainer: Drainer,
     prober: Prober,
+    pod: Option<HeaderValue>,
 }
+
+/// Response header naming the pod (`SERVING_POD`) on the queue-proxy's readiness answers (ours,
+/// not Knative's: an extra header its probers ignore). A prober that started the pod, like
+/// `activator local`, checks it to be sure the answer came from that pod and not from another
+/// process that holds the port.
+pub const X_KNATIVE_POD: http::HeaderName = http::HeaderName::from_static("x-knative-pod");
 
 impl<S> DrainProbe<S> {
     /// Wraps `inner`.
@@ -188,7 +195,15 @@ impl<S> DrainProbe<S> {
             inner,
             drainer,
             prober,
+            pod: None,
         }
+    }
+
+    /// Names the pod in readiness answers ([`X_KNATIVE_POD`]).
+    #[must_use]
+    pub fn with_pod(mut self, pod: &str) -> Self {
+        self.pod = HeaderValue::from_str(pod).ok();
+        self
     }
 }
 
@@ -221,12 +236,17 @@ where
                 return Either::Left(ready(full(go_error(StatusCode::BAD_REQUEST, &msg))));
             }
             let prober = self.prober.clone();
+            let pod = self.pod.clone();
             return Either::Left(Box::pin(async move {
-                Ok(if prober.probe().await {
+                let mut r = if prober.probe().await {
                     full(sniffed_text(StatusCode::OK, "queue"))
                 } else {
                     full(empty(StatusCode::SERVICE_UNAVAILABLE))
-                })
+                };
+                if let Some(pod) = pod {
+                    r.headers_mut().insert(X_KNATIVE_POD, pod);
+                }
+                Ok(r)
             }));
         }
         if headers::is_kprobe(h) {
@@ -765,6 +785,8 @@ pub struct StackParts {
     pub observer: Observer,
     /// Span recording (disabled unless `tracing.protocol` is set).
     pub tracer: shared::telemetry::otlp::Tracer,
+    /// `SERVING_POD`, echoed in readiness answers ([`X_KNATIVE_POD`]).
+    pub pod: String,
 }
 
 /// Builds the serving port's stack.
@@ -788,7 +810,7 @@ pub fn stack(
     let shim = ForwardedShim::new(stats);
     // Timeouts include the queue wait.
     let timeout = Timeout::new(shim, p.timeouts);
-    let drain = DrainProbe::new(timeout, p.drainer, p.prober);
+    let drain = DrainProbe::new(timeout, p.drainer, p.prober).with_pod(&p.pod);
     let rescue = Rescue::new(drain);
     // Spans sit inside Observe and above Rescue: they see the final status, and probes
     // (answered below) are skipped by header before any span starts.

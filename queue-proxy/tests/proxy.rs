@@ -108,7 +108,7 @@ async fn response_start_idle_and_total_timeouts_after_headers_behave_like_knativ
 async fn probes_are_answered_by_the_queue_proxy_and_never_reach_the_app() {
     let app = start_app().await;
     let qp = start_qp(env(app.addr.port())).await;
-    let (s, _, b) = get(
+    let (s, h, b) = get(
         qp.serving,
         "/healthz",
         &[
@@ -118,6 +118,8 @@ async fn probes_are_answered_by_the_queue_proxy_and_never_reach_the_app() {
     )
     .await;
     assert_eq!((s, b.as_ref()), (StatusCode::OK, &b"queue"[..]));
+    // The answer names the pod (SERVING_POD), so a prober knows whose listener it reached.
+    assert_eq!(h["x-knative-pod"], "pod-1");
     let (s, _, b) = get(qp.serving, "/", &[("user-agent", "kube-probe/1.30")]).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(b, "unexpected probe header value: \n");

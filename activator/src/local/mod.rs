@@ -8,11 +8,13 @@
 //! # Layout
 //! - [`manifest`]: Service YAML → revisions and traffic (pure, validated, with file:line errors).
 //! - [`pod`]: starting, probing, scraping and stopping one pod's processes.
+//! - [`port`]: each pod's ports, without the bind-0-and-release race.
 //! - [`scaler`]: one loop per revision: KPA tick, pods to match, endpoints, status.
 //! - [`status`]: `GET /status` JSON.
 
 pub mod manifest;
 pub mod pod;
+pub mod port;
 pub mod scaler;
 pub mod status;
 

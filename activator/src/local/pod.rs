@@ -62,6 +62,8 @@ pub struct Pod {
     pub qp: Child,
     /// The app process.
     pub app: Child,
+    /// The pod's ports, held until the pod is dropped ([`super::port`]).
+    pub ports: super::port::Lease,
 }
 
 impl Pod {
@@ -76,16 +78,11 @@ impl Pod {
             || matches!(self.qp.try_wait(), Ok(Some(_)) | Err(_))
     }
 
-    /// Asks the queue-proxy whether the pod is ready (`K-Network-Probe: queue`).
+    /// Asks the queue-proxy whether the pod is ready (`K-Network-Probe: queue`), and that the
+    /// answer is this pod's.
     pub async fn probe(&self) -> bool {
-        probe_queue(self.qp_port).await
+        probe_queue(self.qp_port, &self.name).await
     }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn secs(d: Option<Duration>) -> String {
@@ -121,8 +118,9 @@ pub fn start(t: &PodTemplate, n: u64) -> std::io::Result<Pod> {
     let name = format!("{}-deployment-{n}", t.key.name);
     // Every pod shares the host's network, so each gets its own free port rather than the
     // declared `containerPort` (documented deviation; the app still reads it from `PORT`).
-    let (qp_port, user_port) = (free_port()?, free_port()?);
-    let (admin, metrics, user_metrics) = (free_port()?, free_port()?, free_port()?);
+    let ports = super::port::allocate(super::port::PER_POD)?;
+    let (qp_port, user_port, tls) = (ports.get(0), ports.get(1), ports.get(2));
+    let (admin, metrics, user_metrics) = (ports.get(3), ports.get(4), ports.get(5));
     let spawned = Instant::now();
     let mut app = Command::new(&t.program);
     app.args(&t.plan.args)
@@ -153,7 +151,7 @@ pub fn start(t: &PodTemplate, n: u64) -> std::io::Result<Pod> {
         .env("SERVING_POD", &name)
         .env("SERVING_POD_IP", "127.0.0.1")
         .env("QUEUE_SERVING_PORT", qp_port.to_string())
-        .env("QUEUE_SERVING_TLS_PORT", free_port()?.to_string())
+        .env("QUEUE_SERVING_TLS_PORT", tls.to_string())
         .env("USER_PORT", user_port.to_string())
         .env(
             "CONTAINER_CONCURRENCY",
@@ -200,7 +198,12 @@ pub fn start(t: &PodTemplate, n: u64) -> std::io::Result<Pod> {
         Arc::clone(&qp_listening_after),
     ));
     let ready_after = Arc::new(OnceLock::new());
-    tokio::spawn(watch_ready(qp_port, spawned, Arc::clone(&ready_after)));
+    tokio::spawn(watch_ready(
+        qp_port,
+        name.clone(),
+        spawned,
+        Arc::clone(&ready_after),
+    ));
     tracing::info!(revision = %t.key, pod = %name, "pod started");
     Ok(Pod {
         name,
@@ -216,6 +219,7 @@ pub fn start(t: &PodTemplate, n: u64) -> std::io::Result<Pod> {
         ready_after,
         qp,
         app,
+        ports,
     })
 }
 
@@ -264,9 +268,9 @@ impl Recheck {
 
 /// Spawned → the queue-proxy answering its readiness probe with 200, polled like
 /// [`watch_listening`]: the gap after the app listens is the queue-proxy's probing (ours).
-async fn watch_ready(port: u16, spawned: Instant, out: Arc<OnceLock<Duration>>) {
+async fn watch_ready(port: u16, pod: String, spawned: Instant, out: Arc<OnceLock<Duration>>) {
     while spawned.elapsed() < LISTEN_WATCH {
-        if probe_queue(port).await {
+        if probe_queue(port, &pod).await {
             let _ = out.set(spawned.elapsed());
             return;
         }
@@ -285,8 +289,9 @@ fn poll_interval(spawned: Instant) -> Duration {
 /// `K-Network-Probe: queue` to a queue-proxy, as the activator sends it (with its user agent,
 /// which is what makes the queue-proxy answer the probe itself instead of proxying it to the app
 /// as a request): 200 with the body `queue` once the user container passed the readiness probe,
-/// 503 before and while draining.
-async fn probe_queue(port: u16) -> bool {
+/// 503 before and while draining. The answer must name `pod` (the queue-proxy's
+/// `X-Knative-Pod`): a pod is never ready through another process's listener on its port.
+async fn probe_queue(port: u16, pod: &str) -> bool {
     let ask = async {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
         s.write_all(
@@ -297,7 +302,7 @@ async fn probe_queue(port: u16) -> bool {
         .ok()?;
         let mut answer = Vec::with_capacity(256);
         s.read_to_end(&mut answer).await.ok()?;
-        Some(is_queue_ok(&answer))
+        Some(is_queue_ok(&answer, pod))
     };
     matches!(
         tokio::time::timeout(Duration::from_millis(500), ask).await,
@@ -305,12 +310,18 @@ async fn probe_queue(port: u16) -> bool {
     )
 }
 
-/// A `200` whose body is `queue` (the activator's success test; an app answering 200 is not).
-fn is_queue_ok(answer: &[u8]) -> bool {
+/// A `200` whose body is `queue` (the activator's success test; an app answering 200 is not),
+/// from the queue-proxy of `pod` (its `X-Knative-Pod` header).
+fn is_queue_ok(answer: &[u8], pod: &str) -> bool {
     let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
         return false;
     };
-    answer.starts_with(b"HTTP/1.1 200") && &answer[at + 4..] == b"queue"
+    let head = String::from_utf8_lossy(&answer[..at]);
+    let named = head.lines().skip(1).any(|l| {
+        l.split_once(':')
+            .is_some_and(|(k, v)| k.trim().eq_ignore_ascii_case("x-knative-pod") && v.trim() == pod)
+    });
+    answer.starts_with(b"HTTP/1.1 200") && named && &answer[at + 4..] == b"queue"
 }
 
 /// SIGTERM to the queue-proxy (it fails probes, drains, exits), bounded; then the app stops.
@@ -387,14 +398,38 @@ mod tests {
 
     #[test]
     fn only_the_queue_proxys_own_answer_counts_as_ready() {
-        assert!(is_queue_ok(
-            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nqueue"
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-knative-pod: p-1\r\n\r\nqueue";
+        assert!(is_queue_ok(ok, "p-1"));
+        assert!(!is_queue_ok(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 13\r\n\r\nHello World!\n",
+            "p-1"
         ));
         assert!(!is_queue_ok(
-            b"HTTP/1.1 200 OK\r\ncontent-length: 13\r\n\r\nHello World!\n"
+            b"HTTP/1.1 503 Service Unavailable\r\n\r\n",
+            "p-1"
         ));
-        assert!(!is_queue_ok(b"HTTP/1.1 503 Service Unavailable\r\n\r\n"));
-        assert!(!is_queue_ok(b"HTTP/1.1 200 OK\r\n"));
+        assert!(!is_queue_ok(b"HTTP/1.1 200 OK\r\n", "p-1"));
+    }
+
+    /// Issue 16 item 7: a queue-proxy answering for another pod (a sibling that holds the port)
+    /// does not make this pod ready; its own answer does.
+    #[tokio::test]
+    async fn a_pod_is_not_ready_through_another_pods_queue_proxy() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-knative-pod: hello-00001-deployment-1\r\n\r\nqueue")
+                    .await;
+            }
+        });
+        assert!(!probe_queue(port, "hello-00001-deployment-2").await);
+        assert!(probe_queue(port, "hello-00001-deployment-1").await);
     }
 
     #[test]

@@ -140,6 +140,10 @@ pub struct Config {
     pub tracing: Option<shared::telemetry::otlp::ExportConfig>,
     /// Request log template from `config-observability`; `None` = off (Knative's default).
     pub request_log: Option<shared::telemetry::reqlog::Template>,
+    /// The activator is also the ingress (`activator local`): it adds the headers a Knative
+    /// ingress adds and speaks h2c to `h2c` revisions whatever the client speaks. Off in a
+    /// cluster, where the ingress in front does both.
+    pub ingress: bool,
 }
 
 impl Config {
@@ -166,6 +170,7 @@ impl Config {
             logging: crate::configmap::LoggingConfig::default(),
             tracing: None,
             request_log: None,
+            ingress: false,
         }
     }
 }
@@ -353,6 +358,7 @@ impl TryFrom<ServeArgs> for Config {
                     .map_err(|e| bad("ACTIVATOR_CONFIG_OBSERVABILITY", e.to_string()))?,
                 None => None,
             },
+            ingress: false,
         })
     }
 }

@@ -214,6 +214,7 @@ pub(crate) async fn run_observed(
                 shared::telemetry::otlp::Tracer::start(t, background.clone())
             }),
         request_log: config.request_log.clone().map(Arc::new),
+        ingress: config.ingress,
     });
     let stop_accepting = CancellationToken::new();
     let mut servers = tokio::task::JoinSet::new();

@@ -9,14 +9,16 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
 use http::uri::{Authority, Scheme};
-use http::{Request, Uri};
+use http::{Request, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use shared::error::BoxError;
 use shared::http::headers::{
     K_ORIGINAL_HOST, K_PROXY_REQUEST, KNATIVE_SERVING_NAMESPACE, KNATIVE_SERVING_REVISION,
-    PROXY_REQUEST_ACTIVATOR,
+    PROXY_REQUEST_ACTIVATOR, X_FORWARDED_PROTO,
 };
+
+use crate::catalog::Protocol;
 
 /// A request body whose inner [`Incoming`] can be reclaimed after a failed dial (nothing was
 /// read from it then). The mutex is only taken inside `poll_frame`, never across an await. An
@@ -132,9 +134,38 @@ pub fn rewrite_for_dest<B>(req: &mut Request<B>, dest: Option<&Authority>) {
     }
 }
 
+/// What a Knative ingress does to a request on its way to a revision, for `activator local`,
+/// where the activator is the ingress: `X-Forwarded-Proto` is the scheme the client used
+/// (always `http`: local mode has no TLS listener; set, not appended, as an edge proxy does),
+/// which the queue-proxy folds into `Forwarded`; and an `h2c` revision is spoken to over HTTP/2
+/// whatever the client's version (test/conformance/runtime/protocol_test.go). Upgrade requests
+/// (`plain` false) stay HTTP/1.1: an upgrade does not exist in HTTP/2 here, as in Knative.
+pub fn as_ingress<B>(req: &mut Request<B>, protocol: Protocol, plain: bool) {
+    req.headers_mut()
+        .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if protocol == Protocol::H2c && plain {
+        *req.version_mut() = Version::HTTP_2;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn as_ingress_sets_the_scheme_and_h2c_for_h2c_revisions() {
+        let mut req = Request::builder()
+            .header(X_FORWARDED_PROTO, "https")
+            .body(())
+            .unwrap();
+        as_ingress(&mut req, Protocol::Http1, true);
+        assert_eq!(req.headers()[X_FORWARDED_PROTO], "http");
+        assert_eq!(req.version(), Version::HTTP_11);
+        as_ingress(&mut req, Protocol::H2c, false);
+        assert_eq!(req.version(), Version::HTTP_11, "upgrades stay HTTP/1.1");
+        as_ingress(&mut req, Protocol::H2c, true);
+        assert_eq!(req.version(), Version::HTTP_2);
+    }
 
     #[test]
     fn activator_headers() {

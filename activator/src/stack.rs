@@ -121,6 +121,8 @@ pub struct Handler {
     pub tracer: shared::telemetry::otlp::Tracer,
     /// Request log (`config-observability`'s `logging.enable-request-log`); `None` = off.
     pub request_log: Option<Arc<shared::telemetry::reqlog::Template>>,
+    /// Also the ingress (`activator local`): see [`crate::proxy::as_ingress`].
+    pub ingress: bool,
 }
 
 fn full(resp: Response<Full<Bytes>>) -> Response<RespBody> {
@@ -642,6 +644,9 @@ impl Handler {
             };
             let mut out = Request::from_parts(parts, body.clone());
             rewrite_for_dest(&mut out, tracker.authority.as_ref());
+            if self.ingress {
+                crate::proxy::as_ingress(&mut out, throttler.spec().protocol, retryable);
+            }
             // Boxed: the hyper client's future is large and would otherwise be part of the
             // state of every held request, although it only exists once a pod was picked.
             match Box::pin(lease.tracker().upstream.forward(out)).await {

@@ -9,12 +9,14 @@
 //! - [`manifest`]: Service YAML → revisions and traffic (pure, validated, with file:line errors).
 //! - [`pod`]: starting, probing, scraping and stopping one pod's processes.
 //! - [`port`]: each pod's ports, without the bind-0-and-release race.
+//! - [`routing`]: hosts → revisions, following the newest ready revision.
 //! - [`scaler`]: one loop per revision: KPA tick, pods to match, endpoints, status.
 //! - [`status`]: `GET /status` JSON.
 
 pub mod manifest;
 pub mod pod;
 pub mod port;
+pub mod routing;
 pub mod scaler;
 pub mod status;
 
@@ -29,14 +31,13 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use self::manifest::{ManifestError, ServicePlan};
+use self::manifest::ManifestError;
 use self::pod::PodTemplate;
 use self::scaler::RevisionLoop;
 use self::status::StatusMap;
 use crate::catalog::{Catalog, RevisionKey, RevisionSpec};
 use crate::config::Config;
 use crate::reporter::StatsSink;
-use crate::split::TrafficSplit;
 use crate::{Listeners, Shutdown};
 
 /// Local-mode arguments.
@@ -121,29 +122,6 @@ fn resolve_program(cmd: &std::path::Path) -> PathBuf {
     cmd.to_path_buf()
 }
 
-/// Host → weighted revisions for one Service: the main host gets every target with a percent,
-/// each tag its own host.
-fn routes(svc: &ServicePlan, domain: &str) -> Vec<(String, Vec<(String, u32)>)> {
-    let main = format!("{}.{}.{domain}", svc.name, svc.namespace);
-    let mut split: Vec<(String, u32)> = Vec::new();
-    for t in svc.traffic.iter().filter(|t| t.percent > 0) {
-        match split.iter_mut().find(|(r, _)| *r == t.revision) {
-            Some((_, p)) => *p += t.percent,
-            None => split.push((t.revision.clone(), t.percent)),
-        }
-    }
-    let mut out = vec![(main, split)];
-    for t in &svc.traffic {
-        if let Some(tag) = &t.tag {
-            out.push((
-                format!("{tag}-{}.{}.{domain}", svc.name, svc.namespace),
-                vec![(t.revision.clone(), 100)],
-            ));
-        }
-    }
-    out
-}
-
 async fn run(args: LocalArgs) -> Result<(), LocalError> {
     let cfg = autoscaler::Config {
         scale_to_zero_grace_period: args.scale_to_zero_grace_period,
@@ -157,14 +135,9 @@ async fn run(args: LocalArgs) -> Result<(), LocalError> {
     for svc in &services {
         for r in &svc.revisions {
             let cc = i32::try_from(r.container_concurrency).unwrap_or(i32::MAX);
-            // Annotations were validated by the manifest; unreachable revisions (no percent,
-            // no tag) may scale to zero whatever their min-scale, as in Knative.
-            let settings = autoscaler::RevisionSettings::resolve(
-                &cfg,
-                &r.annotations,
-                cc,
-                svc.reachable(&r.name),
-            );
+            // Annotations were validated by the manifest; reachability is the router's (each
+            // loop applies it as it changes).
+            let settings = autoscaler::RevisionSettings::resolve(&cfg, &r.annotations, cc, true);
             revisions.push((r.clone(), settings));
         }
     }
@@ -212,30 +185,13 @@ async fn run(args: LocalArgs) -> Result<(), LocalError> {
             },
         );
     }
-    let mut routed: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
-    for svc in &services {
-        for (host, targets) in routes(svc, &args.domain) {
-            let keyed: Vec<(RevisionKey, u32)> = targets
-                .iter()
-                .map(|(r, p)| (RevisionKey::new(&svc.namespace, r), *p))
-                .collect();
-            for (r, p) in &targets {
-                routed
-                    .entry(format!("{}/{r}", svc.namespace))
-                    .or_default()
-                    .push((host.clone(), *p));
-            }
-            let shown: Vec<String> = targets.iter().map(|(r, p)| format!("{r} {p}%")).collect();
-            tracing::info!(route = %format!("http://{}/ (Host: {host})", args.listen), to = %shown.join(", "), "serving");
-            match keyed.as_slice() {
-                [(k, _)] => catalog.set_route(&host, k.clone()),
-                _ => match TrafficSplit::new(keyed) {
-                    Ok(s) => catalog.set_split(&host, s),
-                    Err(e) => tracing::warn!(host = %host, error = %e, "no route"),
-                },
-            }
-        }
-    }
+    let (router, mut routing) = routing::Router::new(
+        services,
+        args.domain.clone(),
+        args.listen.to_string(),
+        catalog.clone(),
+    );
+    let (ready_tx, ready_rx) = mpsc::unbounded_channel();
     let (sink, mut rx) = StatsSink::channel(1024);
     let start = Instant::now();
     let stop = CancellationToken::new();
@@ -257,7 +213,10 @@ async fn run(args: LocalArgs) -> Result<(), LocalError> {
                 plan: r,
             },
             settings,
-            routes: routed.remove(&key.to_string()).unwrap_or_default(),
+            routing: routing
+                .remove(&(key.namespace.clone(), key.name.clone()))
+                .unwrap_or_else(|| tokio::sync::watch::channel(routing::Routing::default()).1),
+            ready: ready_tx.clone(),
             status: Arc::clone(&status),
             catalog: catalog.clone(),
             stats: srx,
@@ -266,6 +225,7 @@ async fn run(args: LocalArgs) -> Result<(), LocalError> {
         };
         loops.spawn(rl.run(stop.clone()));
     }
+    tokio::spawn(router.run(ready_rx, stop.clone()));
     tokio::spawn(async move {
         while let Some(batch) = rx.recv().await {
             for m in batch.messages {
@@ -287,7 +247,10 @@ async fn run(args: LocalArgs) -> Result<(), LocalError> {
     let shutdown = Shutdown::default();
     let exit = shutdown.exit.clone();
     let activator = tokio::spawn(crate::run_observed(
-        Config::in_process("activator-local", "127.0.0.1"),
+        Config {
+            ingress: true,
+            ..Config::in_process("activator-local", "127.0.0.1")
+        },
         Listeners {
             http1: listener,
             h2c: None,
@@ -309,60 +272,5 @@ async fn run(args: LocalArgs) -> Result<(), LocalError> {
     match activator.await {
         Ok(Ok(())) | Err(_) => Ok(()),
         Ok(Err(e)) => Err(e.into()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::local::manifest::Target;
-
-    fn plan(traffic: Vec<Target>) -> ServicePlan {
-        ServicePlan {
-            name: "hello".into(),
-            namespace: "ns".into(),
-            revisions: Vec::new(),
-            traffic,
-        }
-    }
-
-    fn t(revision: &str, percent: u32, tag: Option<&str>) -> Target {
-        Target {
-            revision: revision.into(),
-            percent,
-            tag: tag.map(Into::into),
-            latest: false,
-        }
-    }
-
-    #[test]
-    fn main_host_splits_by_percent_and_tags_get_their_own_host() {
-        let svc = plan(vec![
-            t("hello-1", 50, None),
-            t("hello-2", 30, Some("old")),
-            t("hello-1", 20, Some("current")),
-            t("hello-3", 0, Some("next")),
-        ]);
-        assert_eq!(
-            routes(&svc, "example.com"),
-            vec![
-                (
-                    "hello.ns.example.com".to_owned(),
-                    vec![("hello-1".to_owned(), 70), ("hello-2".to_owned(), 30)]
-                ),
-                (
-                    "old-hello.ns.example.com".to_owned(),
-                    vec![("hello-2".to_owned(), 100)]
-                ),
-                (
-                    "current-hello.ns.example.com".to_owned(),
-                    vec![("hello-1".to_owned(), 100)]
-                ),
-                (
-                    "next-hello.ns.example.com".to_owned(),
-                    vec![("hello-3".to_owned(), 100)]
-                ),
-            ]
-        );
     }
 }

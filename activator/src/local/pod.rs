@@ -123,7 +123,10 @@ pub fn start(t: &PodTemplate, n: u64) -> std::io::Result<Pod> {
     let (admin, metrics, user_metrics) = (ports.get(3), ports.get(4), ports.get(5));
     let spawned = Instant::now();
     let mut app = Command::new(&t.program);
-    app.args(&t.plan.args)
+    // argv[0] is the command as written, as a container runtime execs it (the program itself
+    // may have been found next to this binary).
+    app.arg0(&t.plan.program)
+        .args(&t.plan.args)
         .envs(t.plan.env.iter().map(|(k, v)| (k, v)))
         .env("PORT", user_port.to_string())
         .env("K_SERVICE", &t.service)

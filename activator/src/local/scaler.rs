@@ -2,13 +2,14 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::pod::{self, Pod, PodTemplate, Recheck};
+use super::routing::Routing;
 use super::status::{self, StatusMap};
 use crate::Throttlers;
-use crate::catalog::{Catalog, Endpoints};
+use crate::catalog::{Catalog, Endpoints, RevisionKey};
 
 /// How often pods are checked (exited, ready) between autoscaler ticks.
 const POLL: Duration = Duration::from_millis(100);
@@ -30,8 +31,11 @@ pub struct RevisionLoop {
     pub template: PodTemplate,
     /// The revision's autoscaler settings.
     pub settings: autoscaler::RevisionSettings,
-    /// Hosts routed here, with the share of each (for the status).
-    pub routes: Vec<(String, u32)>,
+    /// Hosts routed here and reachability, from the router.
+    pub routing: watch::Receiver<Routing>,
+    /// Told once, when the revision is first ready (its initial scale of pods is ready), so
+    /// `latestRevision` routes may move to it.
+    pub ready: mpsc::UnboundedSender<RevisionKey>,
     /// Status for `GET /status`.
     pub status: StatusMap,
     /// Endpoints go here.
@@ -61,6 +65,21 @@ impl RevisionLoop {
         let mut last_cold = serde_json::Value::Null;
         let mut pending_report: Option<(ColdStart, String)> = None;
         let recheck = Recheck::from_probe(self.template.plan.readiness_probe.as_ref());
+        // Knative's revision is ready once its initial scale (at least min-scale) is ready.
+        let ready_at = usize::try_from(
+            self.settings
+                .initial_scale
+                .max(self.settings.min_scale)
+                .max(1),
+        )
+        .unwrap_or(1);
+        let mut announced = false;
+        let mut routing = self.routing.borrow_and_update().clone();
+        let mut settings = self.settings.clone();
+        if settings.decider.reachable != routing.reachable {
+            settings.decider.reachable = routing.reachable;
+            kpa.update(settings.clone(), self.start.elapsed());
+        }
         loop {
             let mut poked = false;
             tokio::select! {
@@ -80,6 +99,15 @@ impl RevisionLoop {
                     }
                     None => break,
                 },
+            }
+            if self.routing.has_changed().unwrap_or(false) {
+                routing = self.routing.borrow_and_update().clone();
+                if settings.decider.reachable != routing.reachable {
+                    settings.decider.reachable = routing.reachable;
+                    tracing::info!(revision = %key, reachable = routing.reachable, "reachability changed");
+                    kpa.update(settings.clone(), self.start.elapsed());
+                    last_tick = None;
+                }
             }
             if throttlers.is_none()
                 && let Some(rx) = self.throttlers.as_mut()
@@ -127,6 +155,10 @@ impl RevisionLoop {
                         pending_report = Some((c, p.name.clone()));
                     }
                 }
+            }
+            if !announced && pods.iter().filter(|p| p.ready).count() >= ready_at {
+                announced = true;
+                let _ = self.ready.send(key.clone());
             }
             // The cold-start record waits for both watchers (they finish within ms of ready).
             if let Some((c, name)) = pending_report.take() {
@@ -196,7 +228,7 @@ impl RevisionLoop {
                 &self.status,
                 key.to_string(),
                 serde_json::json!({
-                    "routes": self.routes.iter().map(|(h, p)| serde_json::json!({"host": h, "percent": p})).collect::<Vec<_>>(),
+                    "routes": routing.routes.iter().map(|(h, p)| serde_json::json!({"host": h, "percent": p})).collect::<Vec<_>>(),
                     "desired_pods": snap.desired_pods,
                     "ready_pods": ready,
                     "held_requests": held,

@@ -1,0 +1,150 @@
+//! `test/conformance/api/v1`: routes, traffic, concurrency and timeouts as a client sees them.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Local, Svc, request, shared};
+
+/// `n` requests from `threads` threads (upstream sends `ConcurrentRequests` = 200 at once);
+/// the count of each body.
+fn distribution(local: &Local, host: &str, n: usize, threads: usize) -> BTreeMap<String, usize> {
+    let per = n / threads;
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (port, host) = (local.port, host.to_owned());
+            std::thread::spawn(move || {
+                (0..per)
+                    .map(|_| {
+                        let r = request(port, "GET", "/", &host, &[], "").expect("request");
+                        format!("{} {}", r.status, r.body.trim_end())
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut out = BTreeMap::new();
+    for h in handles {
+        for b in h.join().expect("client thread") {
+            *out.entry(b).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// TestBlueGreenRoute (test/conformance/api/v1/blue_green_test.go): two revisions split 50/50
+/// with tags `blue` and `green`. Over `ConcurrentRequests` (200) requests the main host serves
+/// each at least `MinSplitPercentage` (25 %), and each tag's host serves only its revision
+/// (`MinDirectPercentage` 100 %).
+#[test]
+fn test_blue_green_route() {
+    let _m = shared();
+    let blue = Svc::new("bluegreen", "helloworld").env("TARGET", "blue");
+    let green = Svc::new("bluegreen", "helloworld")
+        .env("TARGET", "green")
+        .traffic(&[
+            "{revisionName: bluegreen-00001, percent: 50, tag: blue}",
+            "{revisionName: bluegreen-00002, percent: 50, tag: green}",
+        ]);
+    let local = Local::start("bluegreen", &[blue.yaml(), green.yaml()], &[]);
+    local.wait_ready("bluegreen-00001", 1, Duration::from_secs(30));
+    local.wait_ready("bluegreen-00002", 1, Duration::from_secs(30));
+    let d = distribution(&local, "bluegreen.default.example.com", 200, 4);
+    let (b, g) = (d.get("200 Hello blue!"), d.get("200 Hello green!"));
+    assert!(
+        b.is_some_and(|n| *n >= 50) && g.is_some_and(|n| *n >= 50) && d.len() == 2,
+        "{d:?}"
+    );
+    for (tag, want) in [("blue", "200 Hello blue!"), ("green", "200 Hello green!")] {
+        let d = distribution(
+            &local,
+            &format!("{tag}-bluegreen.default.example.com"),
+            200,
+            4,
+        );
+        assert_eq!(d.get(want), Some(&200), "{tag}: {d:?}");
+    }
+}
+
+/// TestSingleConcurrency (test/conformance/api/v1/single_threaded_test.go): with
+/// `containerConcurrency: 1`, 5 clients sending for the duration never make the app see two
+/// requests at once, and every answer is a 200. Wall time scaled: 20 s → 4 s (each request
+/// holds the app 500 ms, so about 8 requests per pod still meet the limit).
+#[test]
+fn test_single_concurrency() {
+    let _m = shared();
+    let mut svc = Svc::new("single", "singlethreaded");
+    svc.container_concurrency = Some(1);
+    let local = Local::start("single", &[svc.yaml()], &[]);
+    local.wait_ready("single-00001", 1, Duration::from_secs(30));
+    let until = Instant::now() + Duration::from_secs(4);
+    let handles: Vec<_> = (0..5)
+        .map(|_| {
+            let port = local.port;
+            std::thread::spawn(move || {
+                let mut bad = Vec::new();
+                while Instant::now() < until {
+                    match request(port, "GET", "/", "single.default.example.com", &[], "") {
+                        Ok(r) if r.status == 200 && r.body == "One at a time" => {}
+                        Ok(r) => bad.push(format!("{} {}", r.status, r.body)),
+                        Err(e) => bad.push(e.to_string()),
+                    }
+                }
+                bad
+            })
+        })
+        .collect();
+    for h in handles {
+        let bad = h.join().expect("client");
+        assert!(bad.is_empty(), "{bad:?}\n{}", local.log());
+    }
+}
+
+/// TestRevisionTimeout (test/conformance/api/v1/revision_timeout_test.go), the three cases, on
+/// the `timeout` app. Wall time scaled by 1/5: `timeoutSeconds` 10 → 2; an initial sleep of
+/// 2 s → 400 ms answers 200; 12 s → 2.4 s answers 504; a first byte at once and 15 s → 3 s of
+/// body answers 200 (upstream checks only the status: as Knative's timeout handler does, the
+/// body is then cut at the timeout with `activator request timeout` appended).
+#[test]
+fn test_revision_timeout() {
+    let _m = shared();
+    let mut svc = Svc::new("timeout", "timeout");
+    svc.timeout_seconds = Some(2);
+    let local = Local::start("timeout", &[svc.yaml()], &[]);
+    local.wait_ready("timeout-00001", 1, Duration::from_secs(30));
+    for (name, initial, sleep, want) in [
+        ("does not exceed timeout seconds", 400, 0, 200),
+        ("exceeds timeout seconds", 2400, 0, 504),
+        ("writes first byte before timeout", 0, 3000, 200),
+    ] {
+        let path = format!("/?initialTimeout={initial}&timeout={sleep}");
+        let r = local.get(&svc.host(), &path, &[]);
+        assert_eq!(r.status, want, "{name}: {r:?}");
+        if sleep == 0 && want == 200 {
+            assert_eq!(r.body, "Slept for 0 milliseconds", "{name}");
+        }
+    }
+}
+
+/// TestRouteCreation (test/conformance/api/v1/route_test.go), the data-plane part: a route to
+/// the latest revision serves the first revision, and after an update the second, each also
+/// under its own tag; a named-revision target keeps serving the revision it names.
+#[test]
+fn test_route_creation() {
+    let _m = shared();
+    let v1 = Svc::new("route", "helloworld").env("TARGET", "one");
+    let v2 = Svc::new("route", "helloworld")
+        .env("TARGET", "two")
+        .traffic(&[
+            "{latestRevision: true, percent: 100}",
+            "{revisionName: route-00001, tag: first}",
+            "{revisionName: route-00002, tag: second}",
+        ]);
+    let local = Local::start("route", &[v1.yaml(), v2.yaml()], &[]);
+    local.wait_ready("route-00002", 1, Duration::from_secs(30));
+    let main = local.get("route.default.example.com", "/", &[]);
+    assert_eq!((main.status, main.body.as_str()), (200, "Hello two!\n"));
+    for (tag, want) in [("first", "Hello one!\n"), ("second", "Hello two!\n")] {
+        let r = local.get(&format!("{tag}-route.default.example.com"), "/", &[]);
+        assert_eq!((r.status, r.body.as_str()), (200, want), "{tag}");
+    }
+}

@@ -1,0 +1,190 @@
+//! `test/conformance/runtime`: what the user container sees, through the `runtime` app (Knative's
+//! `runtime` test image).
+
+use std::time::Duration;
+
+use crate::harness::{Local, Svc, shared};
+
+/// Upstream `fetchRuntimeInfo` (test/conformance/runtime/util.go): a Service of the runtime
+/// image, ready, then one request; its JSON answer.
+fn runtime_info(test: &str, svc: Svc, headers: &[(&str, &str)]) -> serde_json::Value {
+    let local = Local::start(test, &[svc.yaml()], &[]);
+    local.wait_ready(&format!("{}-00001", svc.name), 1, Duration::from_secs(30));
+    let r = local.get(&svc.host(), "/", headers);
+    assert_eq!(r.status, 200, "{r:?}\n{}", local.log());
+    r.json()
+}
+
+fn header<'a>(ri: &'a serde_json::Value, name: &str) -> Vec<&'a str> {
+    ri["request"]["headers"][name]
+        .as_array()
+        .map(|v| v.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// RFC 7239 `Forwarded`: `;`/`,`-separated `token=value` pairs, each value a token or a
+/// quoted string (upstream's `checkForwardedHeader`).
+fn valid_forwarded(s: &str) -> bool {
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_|~".contains(&b))
+    };
+    s.split([';', ','])
+        .filter(|p| !p.trim().is_empty())
+        .all(|pair| match pair.trim().split_once('=') {
+            Some((k, v)) => {
+                token(k)
+                    && (v.is_empty()
+                        || token(v)
+                        || (v.len() >= 2 && v.starts_with('"') && v.ends_with('"')))
+            }
+            None => false,
+        })
+}
+
+/// TestMustHaveHeadersSet (test/conformance/runtime/header_test.go): the request reaches the
+/// app with a non-empty Host and a valid `Forwarded` header.
+#[test]
+fn test_must_have_headers_set() {
+    let _m = shared();
+    let ri = runtime_info("must-headers", Svc::new("must-headers", "runtime"), &[]);
+    assert!(
+        !ri["request"]["host"].as_str().unwrap_or("").is_empty(),
+        "{ri}"
+    );
+    let fwd = header(&ri, "Forwarded");
+    assert!(!fwd.is_empty(), "no Forwarded header: {ri}");
+    assert!(fwd.iter().all(|f| valid_forwarded(f)), "{fwd:?}");
+}
+
+/// TestShouldHaveHeadersSet (test/conformance/runtime/header_test.go): a user header passes
+/// as is, `X-Forwarded-Proto` is http(s) and `X-Forwarded-For` a list of IPs. Upstream also
+/// checks `traceparent`, which its spoof client sends (OpenTelemetry); our client sends one and
+/// it must arrive unchanged.
+#[test]
+fn test_should_have_headers_set() {
+    let _m = shared();
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let ri = runtime_info(
+        "should-headers",
+        Svc::new("should-headers", "runtime"),
+        &[("This-Was-User-Set", "a value"), ("traceparent", tp)],
+    );
+    assert_eq!(header(&ri, "This-Was-User-Set"), ["a value"], "{ri}");
+    let proto = header(&ri, "X-Forwarded-Proto");
+    assert!(
+        proto.len() == 1 && (proto[0] == "http" || proto[0] == "https"),
+        "X-Forwarded-Proto {proto:?}: {ri}"
+    );
+    let xff = header(&ri, "X-Forwarded-For");
+    assert!(!xff.is_empty(), "no X-Forwarded-For: {ri}");
+    for ip in xff.iter().flat_map(|v| v.split(',')) {
+        assert!(ip.trim().parse::<std::net::IpAddr>().is_ok(), "{xff:?}");
+    }
+    let got = header(&ri, "Traceparent");
+    assert_eq!(got.len(), 1, "{ri}");
+    // The trace id is kept; the span id may be a proxy's own child span.
+    assert_eq!(&got[0][..35], &tp[..35], "{got:?}");
+}
+
+/// TestProtocols (test/conformance/runtime/protocol_test.go): an HTTP/1.1 client reaches a
+/// revision whose port is named `h2c` over HTTP/2, one named `http1` (or unnamed) over
+/// HTTP/1.1.
+#[test]
+fn test_protocols() {
+    let _m = shared();
+    for (name, port_name, want) in [
+        ("h2c", Some("h2c"), (2, 0)),
+        ("http1", Some("http1"), (1, 1)),
+        ("default", None, (1, 1)),
+    ] {
+        let mut svc = Svc::new(&format!("protocols-{name}"), "runtime");
+        if let Some(p) = port_name {
+            svc.port = Some((None, Some(p.to_owned())));
+        }
+        let ri = runtime_info(&format!("protocols-{name}"), svc, &[]);
+        let got = (
+            ri["request"]["protoMajor"].as_i64().unwrap_or(-1),
+            ri["request"]["protoMinor"].as_i64().unwrap_or(-1),
+        );
+        assert_eq!(got, want, "{name}: want HTTP/{}.{}", want.0, want.1);
+    }
+}
+
+/// TestShouldEnvVars (test/conformance/runtime/envvars_test.go): `K_SERVICE`,
+/// `K_CONFIGURATION` and `K_REVISION` name the Service, its configuration and revision.
+#[test]
+fn test_should_env_vars() {
+    let _m = shared();
+    let ri = runtime_info("should-env", Svc::new("should-env", "runtime"), &[]);
+    let envs = &ri["host"]["envs"];
+    assert_eq!(envs["K_SERVICE"], "should-env");
+    assert_eq!(envs["K_CONFIGURATION"], "should-env");
+    assert_eq!(envs["K_REVISION"], "should-env-00001");
+}
+
+/// TestMustEnvVars (test/conformance/runtime/envvars_test.go), adapted: upstream sets
+/// `containerPort: 8801` and wants `PORT=8801`. Locally every pod shares 127.0.0.1, so `PORT`
+/// is the pod's own port (docs/local.md, "Ports"); what stays is the contract that `PORT` is
+/// set, is where the app must listen, and is what the queue-proxy forwards to.
+#[test]
+fn test_must_env_vars() {
+    let _m = shared();
+    let mut svc = Svc::new("must-env", "runtime");
+    svc.port = Some((Some(8801), None));
+    let local = Local::start("must-env", &[svc.yaml()], &[]);
+    local.wait_ready("must-env-00001", 1, Duration::from_secs(30));
+    let ri = local.get(&svc.host(), "/", &[]).json();
+    let port = ri["host"]["envs"]["PORT"].as_str().unwrap_or("");
+    assert!(port.parse::<u16>().is_ok(), "PORT {port:?}");
+}
+
+/// TestCmdArgs (test/conformance/runtime/cmd_args_test.go): the app's argv is `command` then
+/// `args`, as written.
+#[test]
+fn test_cmd_args() {
+    let _m = shared();
+    let mut svc = Svc::new("cmd-args", "runtime");
+    svc.command.push("abra".into());
+    svc.args = vec!["cadabra".into(), "do".into()];
+    let ri = runtime_info("cmd-args", svc, &[]);
+    assert_eq!(
+        ri["host"]["args"],
+        serde_json::json!(["runtime", "abra", "cadabra", "do"])
+    );
+}
+
+/// TestShouldHaveStdinEOF (test/conformance/runtime/file_descriptor_test.go): stdin is closed.
+#[test]
+fn test_should_have_stdin_eof() {
+    let _m = shared();
+    let ri = runtime_info("stdin-eof", Svc::new("stdin-eof", "runtime"), &[]);
+    assert_eq!(ri["host"]["stdin"]["eof"], true, "{ri}");
+}
+
+/// TestProbeRuntime (test/conformance/runtime/readiness_probe_test.go): a Service with each kind
+/// of readiness probe becomes ready and serves. Upstream's `exec` case runs in the kubelet;
+/// locally the queue-proxy's TCP probe stands in (docs/local.md, "Readiness").
+#[test]
+fn test_probe_runtime() {
+    let _m = shared();
+    for (name, probe) in [
+        ("httpget", "{httpGet: {path: /healthz}}"),
+        (
+            "httpget-period",
+            "{httpGet: {path: /healthz}, periodSeconds: 1}",
+        ),
+        ("tcp", "{tcpSocket: {}}"),
+        (
+            "tcp-period",
+            "{tcpSocket: {}, periodSeconds: 1, failureThreshold: 3}",
+        ),
+        ("exec", "{exec: {command: [/bin/true]}}"),
+    ] {
+        let mut svc = Svc::new(&format!("probe-{name}"), "runtime");
+        svc.readiness_probe = Some(probe.to_owned());
+        let ri = runtime_info(&format!("probe-{name}"), svc, &[]);
+        assert_eq!(ri["request"]["uri"], "/", "{name}");
+    }
+}

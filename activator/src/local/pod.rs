@@ -327,16 +327,15 @@ fn is_queue_ok(answer: &[u8], pod: &str) -> bool {
     answer.starts_with(b"HTTP/1.1 200") && named && &answer[at + 4..] == b"queue"
 }
 
-/// SIGTERM to the queue-proxy (it fails probes, drains, exits), bounded; then the app stops.
+/// Stops a pod in Knative's order: SIGTERM to the queue-proxy (it fails probes and drains);
+/// the app's pre-stop hook (`/wait-for-drain` on the queue-proxy's admin port) returns once the
+/// drain is done, then the app gets SIGTERM while the queue-proxy still carries what is in
+/// flight (a WebSocket's closing handshake: the queue-proxy waits for upgraded connections to
+/// end before it exits). Each step is bounded; SIGKILL after.
 pub async fn stop(mut pod: Pod) {
     signal(&pod.qp, Signal::TERM);
-    if tokio::time::timeout(Duration::from_secs(10), pod.qp.wait())
-        .await
-        .is_err()
-    {
-        let _ = pod.qp.kill().await;
-    }
-    // Knative stops the user container with SIGTERM too, once the queue-proxy has drained.
+    let admin = pod.ports.get(3);
+    let _ = tokio::time::timeout(Duration::from_secs(10), wait_for_drain(admin)).await;
     signal(&pod.app, Signal::TERM);
     if tokio::time::timeout(Duration::from_secs(2), pod.app.wait())
         .await
@@ -344,7 +343,26 @@ pub async fn stop(mut pod: Pod) {
     {
         let _ = pod.app.kill().await;
     }
+    if tokio::time::timeout(Duration::from_secs(10), pod.qp.wait())
+        .await
+        .is_err()
+    {
+        let _ = pod.qp.kill().await;
+    }
     tracing::info!(pod = %pod.name, "pod stopped");
+}
+
+/// `GET /wait-for-drain` on the queue-proxy's admin port: answers when the drain is done (or
+/// fails at once when the queue-proxy is gone).
+async fn wait_for_drain(admin: u16) {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", admin)).await else {
+        return;
+    };
+    let req = b"GET /wait-for-drain HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    if s.write_all(req).await.is_ok() {
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer).await;
+    }
 }
 
 fn signal(child: &Child, sig: Signal) {

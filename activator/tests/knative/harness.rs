@@ -35,6 +35,7 @@ pub fn bin_dir() -> PathBuf {
         "singlethreaded",
         "timeout",
         "readiness",
+        "wsserver",
     ] {
         assert!(
             dir.join(b).is_file(),
@@ -129,6 +130,16 @@ impl Local {
             std::thread::sleep(Duration::from_millis(50));
         }
         local
+    }
+
+    /// Sends `sig` to `activator local` itself.
+    pub fn signal(&self, sig: Signal) {
+        let pid = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, sig);
+        }
     }
 
     pub fn log(&self) -> String {

@@ -11,8 +11,10 @@
 //! - `api`: `test/conformance/api/v1` (routes, traffic, blue/green, single concurrency,
 //!   revision timeouts).
 //! - `e2e`: `test/e2e` (hello world, rollbacks, namespaces, readiness, min-scale).
+//! - `websocket`: `test/e2e/websocket_test.go`.
 
 mod api;
 mod e2e;
 mod harness;
 mod runtime;
+mod websocket;

@@ -36,6 +36,7 @@ pub fn bin_dir() -> PathBuf {
         "timeout",
         "readiness",
         "wsserver",
+        "grpc-ping",
     ] {
         assert!(
             dir.join(b).is_file(),

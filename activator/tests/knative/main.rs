@@ -12,9 +12,11 @@
 //!   revision timeouts).
 //! - `e2e`: `test/e2e` (hello world, rollbacks, namespaces, readiness, min-scale).
 //! - `websocket`: `test/e2e/websocket_test.go`.
+//! - `grpc`: `test/e2e/grpc_test.go` and the gRPC readiness probe.
 
 mod api;
 mod e2e;
+mod grpc;
 mod harness;
 mod runtime;
 mod websocket;

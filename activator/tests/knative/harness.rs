@@ -37,6 +37,7 @@ pub fn bin_dir() -> PathBuf {
         "readiness",
         "wsserver",
         "grpc-ping",
+        "autoscale",
     ] {
         assert!(
             dir.join(b).is_file(),

@@ -10,11 +10,13 @@
 //! - `runtime`: `test/conformance/runtime` (headers, protocols, env vars, args, probes).
 //! - `api`: `test/conformance/api/v1` (routes, traffic, blue/green, single concurrency,
 //!   revision timeouts).
+//! - `autoscale`: `test/e2e/autoscale_test.go`, `activator_test.go`.
 //! - `e2e`: `test/e2e` (hello world, rollbacks, namespaces, readiness, min-scale).
 //! - `websocket`: `test/e2e/websocket_test.go`.
 //! - `grpc`: `test/e2e/grpc_test.go` and the gRPC readiness probe.
 
 mod api;
+mod autoscale;
 mod e2e;
 mod grpc;
 mod harness;

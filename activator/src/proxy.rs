@@ -138,13 +138,18 @@ pub fn rewrite_for_dest<B>(req: &mut Request<B>, dest: Option<&Authority>) {
 /// where the activator is the ingress: `X-Forwarded-Proto` is the scheme the client used
 /// (always `http`: local mode has no TLS listener; set, not appended, as an edge proxy does),
 /// which the queue-proxy folds into `Forwarded`; and an `h2c` revision is spoken to over HTTP/2
-/// whatever the client's version (test/conformance/runtime/protocol_test.go). Upgrade requests
+/// whatever the client's version (test/conformance/runtime/protocol_test.go), and an `http1`
+/// revision over HTTP/1.1 whatever the client's version. Upgrade requests
 /// (`plain` false) stay HTTP/1.1: an upgrade does not exist in HTTP/2 here, as in Knative.
 pub fn as_ingress<B>(req: &mut Request<B>, protocol: Protocol, plain: bool) {
     req.headers_mut()
         .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    if protocol == Protocol::H2c && plain {
-        *req.version_mut() = Version::HTTP_2;
+    match protocol {
+        Protocol::H2c if plain => *req.version_mut() = Version::HTTP_2,
+        // An HTTP/2 client's request reaches an `http1` revision over HTTP/1.1: the app may
+        // speak nothing else (Knative's runtime contract).
+        Protocol::Http1 => *req.version_mut() = Version::HTTP_11,
+        Protocol::H2c => {}
     }
 }
 
@@ -165,6 +170,12 @@ mod tests {
         assert_eq!(req.version(), Version::HTTP_11, "upgrades stay HTTP/1.1");
         as_ingress(&mut req, Protocol::H2c, true);
         assert_eq!(req.version(), Version::HTTP_2);
+        as_ingress(&mut req, Protocol::Http1, true);
+        assert_eq!(
+            req.version(),
+            Version::HTTP_11,
+            "an h2 client to an http1 revision"
+        );
     }
 
     #[test]

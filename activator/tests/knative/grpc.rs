@@ -48,7 +48,7 @@ async fn next_msg(body: &mut Incoming, buf: &mut BytesMut) -> Option<String> {
     }
 }
 
-async fn h2(
+pub(crate) async fn h2(
     port: u16,
 ) -> hyper::client::conn::http2::SendRequest<
     http_body_util::combinators::BoxBody<Bytes, hyper::Error>,

@@ -244,3 +244,36 @@ fn timed_get(port: u16, host: &str, timeout: Duration) -> std::io::Result<u16> {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0))
 }
+
+/// Not an upstream case (upstream's client speaks HTTP/1.1): an HTTP/2 client reaches an `h2c`
+/// revision over HTTP/2 and an `http1` one over HTTP/1.1, as a Knative ingress forwards.
+#[test]
+fn protocols_from_an_http2_client() {
+    use http_body_util::BodyExt;
+    let _m = shared();
+    for (name, port_name, want) in [("h2c", "h2c", 2), ("http1", "http1", 1)] {
+        let mut svc = Svc::new(&format!("h2client-{name}"), "runtime");
+        svc.port = Some((None, Some(port_name.to_owned())));
+        let local = Local::start(&format!("h2client-{name}"), &[svc.yaml()], &[]);
+        local.wait_ready(
+            &format!("h2client-{name}-00001"),
+            1,
+            Duration::from_secs(30),
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let body = rt.block_on(async {
+            let mut s = crate::grpc::h2(local.port).await;
+            let req = http::Request::get(format!("http://{}/", svc.host()))
+                .body(http_body_util::Empty::new().map_err(|n| match n {}).boxed())
+                .expect("request");
+            let resp = s.send_request(req).await.expect("response");
+            assert_eq!(resp.status(), 200);
+            resp.into_body().collect().await.expect("body").to_bytes()
+        });
+        let ri: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(ri["request"]["protoMajor"], want, "{name}: {ri}");
+    }
+}

@@ -315,6 +315,7 @@ pub struct Svc {
     pub container_concurrency: Option<u32>,
     pub timeout_seconds: Option<u64>,
     pub response_start_timeout_seconds: Option<u64>,
+    pub idle_timeout_seconds: Option<u64>,
     pub readiness_probe: Option<String>,
     pub traffic: Option<String>,
 }
@@ -333,6 +334,7 @@ impl Svc {
             container_concurrency: None,
             timeout_seconds: None,
             response_start_timeout_seconds: None,
+            idle_timeout_seconds: None,
             readiness_probe: None,
             traffic: None,
         }
@@ -401,6 +403,9 @@ impl Svc {
         }
         if let Some(t) = self.response_start_timeout_seconds {
             y.push_str(&format!("      responseStartTimeoutSeconds: {t}\n"));
+        }
+        if let Some(t) = self.idle_timeout_seconds {
+            y.push_str(&format!("      idleTimeoutSeconds: {t}\n"));
         }
         y.push_str(&format!(
             "      containers:\n        - command: {:?}\n",

@@ -392,3 +392,64 @@ fn test_revision_timeout_e2e() {
         assert_eq!(got, want, "{name}");
     }
 }
+
+/// TestDestroyPodTimely (test/e2e/destroypod_test.go): with a 5-minute revision timeout, a
+/// terminated idle pod is gone well before the timeout (upstream: within the timeout − 30 s).
+/// Locally: SIGTERM to the queue-proxy (what the kubelet starts with); both of the pod's
+/// processes must be gone within 270 s (they are, in about the queue-proxy's 1 s drain).
+#[test]
+fn test_destroy_pod_timely() {
+    let _m = shared();
+    let mut svc = Svc::new("timely", "helloworld");
+    svc.timeout_seconds = Some(300);
+    let local = Local::start("timely", &[svc.yaml()], &[]);
+    local.wait_ready("timely-00001", 1, Duration::from_secs(30));
+    assert_eq!(local.get(&svc.host(), "/", &[]).status, 200);
+    let pod = local.status("timely-00001")["pods"][0].clone();
+    let (qp, app) = (
+        pod["queue_proxy_pid"].as_u64().expect("qp pid"),
+        pod["app_pid"].as_u64().expect("app pid"),
+    );
+    let start = Instant::now();
+    kill(qp, Signal::TERM);
+    wait_until(Duration::from_secs(270), "the pod's processes gone", || {
+        !running(qp) && !running(app)
+    });
+    eprintln!("pod gone in {:?}", start.elapsed());
+}
+
+/// A live (not zombie) process.
+fn running(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// TestDestroyPodWithRequests (test/e2e/destroypod_test.go): six requests that each sleep
+/// (upstream 12 s, started 1 s apart), then the pod is terminated at once; every request
+/// answers 200. Wall time scaled by 1/4: 3 s requests, 250 ms apart.
+#[test]
+fn test_destroy_pod_with_requests() {
+    let _m = shared();
+    let mut svc = Svc::new("withreqs", "autoscale");
+    svc.timeout_seconds = Some(300);
+    let local = Local::start("withreqs", &[svc.yaml()], &[]);
+    local.wait_ready("withreqs-00001", 1, Duration::from_secs(30));
+    let qp = local.status("withreqs-00001")["pods"][0]["queue_proxy_pid"]
+        .as_u64()
+        .expect("qp pid");
+    let mut handles = Vec::new();
+    for _ in 1..7 {
+        let (port, host) = (local.port, svc.host());
+        handles.push(std::thread::spawn(move || {
+            request(port, "GET", "/?sleep=3001", &host, &[], "").map(|r| r.status)
+        }));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    kill(qp, Signal::TERM);
+    for h in handles {
+        let got = h.join().expect("client");
+        assert!(matches!(got, Ok(200)), "{got:?}\n{}", local.log());
+    }
+}

@@ -176,3 +176,55 @@ fn test_activator_overload() {
     let bad: Vec<_> = statuses.iter().filter(|s| !matches!(s, Ok(200))).collect();
     assert!(bad.is_empty(), "{bad:?}\n{}", local.log());
 }
+
+/// TestAutoscaleUpCountPods (test/e2e/autoscale_test.go), concurrency metric: load sized for
+/// 2, then 3, then 4 pods (target 6 at 70 %); at each step the ready pods never exceed n + 1
+/// while scaling and settle in [n, n + 1] (upstream's bounds), within 90 s each.
+#[test]
+#[ignore = "long (≈ 1 min): scripts/knative-e2e.sh"]
+fn test_autoscale_up_count_pods() {
+    let _m = exclusive();
+    let svc = autoscale_svc("countpods");
+    let rev = "countpods-00001";
+    let local = Local::start("countpods", &[svc.yaml()], &[]);
+    local.wait_ready(rev, 1, Duration::from_secs(30));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::new();
+    let mut clients = 0;
+    for n in 2..=4_i64 {
+        // Upstream's load: n pods × 6 × 0.7 concurrent requests.
+        let want = usize::try_from(n).unwrap_or(1) * 6 * 7 / 10 + 1;
+        let (_, bad, h) = load(
+            local.port,
+            &svc.host(),
+            "/?sleep=100",
+            want - clients,
+            Arc::clone(&stop),
+        );
+        clients = want;
+        handles.extend(h);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let pods = local.ready_pods(rev);
+            assert!(pods <= n + 1, "{pods} ready pods while scaling to {n}");
+            if pods >= n {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{pods} ready pods after 90 s, want {n}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        for _ in 0..6 {
+            let pods = local.ready_pods(rev);
+            assert!((n..=n + 1).contains(&pods), "{pods} ready pods at {n}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert_eq!(bad.load(Ordering::Relaxed), 0, "failed requests at {n}");
+    }
+    stop.store(true, Ordering::Release);
+    for h in handles {
+        let _ = h.join();
+    }
+}

@@ -148,3 +148,125 @@ fn test_route_creation() {
         assert_eq!((r.status, r.body.as_str()), (200, want), "{tag}");
     }
 }
+
+/// What a host answers over `n` requests: the set of bodies.
+fn bodies(local: &Local, host: &str, n: usize) -> std::collections::BTreeSet<String> {
+    (0..n)
+        .map(|_| {
+            let r = local.get(host, "/", &[]);
+            assert_eq!(r.status, 200, "{host}: {r:?}");
+            r.body
+        })
+        .collect()
+}
+
+/// TestServiceWithTrafficSplit (test/conformance/api/v1/service_test.go). Each upstream update
+/// is one more document; each step is a run of `activator local` over the documents so far.
+/// The `latest` tag is an entry with only a tag (issue 16 item 1). Steps: (1) `current` = rev 1
+/// at 100 %, `latest` tag; (2) a second revision: `latest` serves it, the main host still rev 1;
+/// (3) 50/50 between `current` (rev 1) and `candidate` (rev 2); (4) a third revision: `latest`
+/// serves it, the split unchanged; (5) `candidate` becomes the latest revision at 50 %.
+#[test]
+fn test_service_with_traffic_split() {
+    let _m = shared();
+    let svc = |target: &str, traffic: &[&str]| {
+        Svc::new("split", "helloworld")
+            .env("TARGET", target)
+            .traffic(traffic)
+    };
+    let (one, two, three) = ("Hello one!\n", "Hello two!\n", "Hello three!\n");
+    let t1 = [
+        "{tag: current, revisionName: split-00001, percent: 100}",
+        "{tag: latest}",
+    ];
+    let t3 = [
+        "{tag: current, revisionName: split-00001, percent: 50}",
+        "{tag: candidate, revisionName: split-00002, percent: 50}",
+        "{tag: latest}",
+    ];
+    let t5 = [
+        "{tag: current, revisionName: split-00001, percent: 50}",
+        "{tag: candidate, percent: 50}",
+        "{tag: latest}",
+    ];
+    // (documents, bodies of the main host, (tag, body) of each tag host)
+    type Step<'a> = (Vec<Svc>, Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let steps: Vec<Step<'_>> = vec![
+        (
+            vec![svc("one", &t1)],
+            vec![one],
+            vec![("latest", one), ("current", one)],
+        ),
+        (
+            vec![svc("one", &t1), svc("two", &t1)],
+            vec![one],
+            vec![("latest", two), ("current", one)],
+        ),
+        (
+            vec![svc("one", &t1), svc("two", &t3)],
+            vec![one, two],
+            vec![("candidate", two), ("latest", two), ("current", one)],
+        ),
+        (
+            vec![svc("one", &t1), svc("two", &t3), svc("three", &t3)],
+            vec![one, two],
+            vec![("latest", three), ("candidate", two), ("current", one)],
+        ),
+        (
+            vec![svc("one", &t1), svc("two", &t3), svc("three", &t5)],
+            vec![one, three],
+            vec![("latest", three), ("candidate", three), ("current", one)],
+        ),
+    ];
+    for (i, (docs, main, tags)) in steps.into_iter().enumerate() {
+        let yaml: Vec<String> = docs.iter().map(Svc::yaml).collect();
+        let local = Local::start(&format!("split-{i}"), &yaml, &[]);
+        let latest = format!("split-{:05}", docs.len());
+        local.wait_ready(&latest, 1, Duration::from_secs(30));
+        for r in 1..docs.len() {
+            local.wait_ready(&format!("split-{r:05}"), 1, Duration::from_secs(30));
+        }
+        // As upstream's `CheckEndpointState`, wait (briefly) for the routes to settle on the
+        // revisions that just became ready, then check.
+        let want: std::collections::BTreeSet<String> =
+            main.iter().map(|s| (*s).to_owned()).collect();
+        let mut hosts = vec![("split.default.example.com".to_owned(), want, 20)];
+        for (tag, body) in tags {
+            hosts.push((
+                format!("{tag}-split.default.example.com"),
+                [body.to_owned()].into(),
+                5,
+            ));
+        }
+        for (host, want, n) in hosts {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while bodies(&local, &host, n) != want && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert_eq!(bodies(&local, &host, n), want, "step {}: {host}", i + 1);
+        }
+    }
+}
+
+/// TestServiceBYOName (test/conformance/api/v1/service_test.go): a Service whose template names
+/// its revision (`<svc>-byoname`) serves under that revision; changing the image (here: the
+/// template) under the same name is refused.
+#[test]
+fn test_service_byo_name() {
+    let _m = shared();
+    let mut v1 = Svc::new("byoname", "helloworld").env("TARGET", "one");
+    v1.revision = Some("byoname-byoname".into());
+    {
+        let local = Local::start("byoname", &[v1.yaml()], &[]);
+        local.wait_ready("byoname-byoname", 1, Duration::from_secs(30));
+        let r = local.get(&v1.host(), "/", &[]);
+        assert_eq!((r.status, r.body.as_str()), (200, "Hello one!\n"));
+    }
+    let mut v2 = v1.clone();
+    v2.command = vec!["runtime".into()];
+    let err = crate::harness::start_fails("byoname-update", &[v1.yaml(), v2.yaml()]);
+    assert!(
+        err.contains("\"byoname-byoname\" is declared twice with different templates"),
+        "{err}"
+    );
+}

@@ -202,6 +202,25 @@ impl Local {
     }
 }
 
+/// Runs `activator local` over `docs`, expecting it to refuse them: its stderr.
+pub fn start_fails(test: &str, docs: &[String]) -> String {
+    let dir = std::env::temp_dir().join(format!("knative-e2e-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let file = dir.join("services.yaml");
+    std::fs::write(&file, docs.join("---\n")).expect("write yaml");
+    let out = Command::new(bin_dir().join("activator"))
+        .args(["local", "--listen", "127.0.0.1:0"])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run activator local");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "accepted:\n{stderr}");
+    stderr
+}
+
 impl Drop for Local {
     fn drop(&mut self) {
         if !matches!(self.child.try_wait(), Ok(Some(_))) {

@@ -38,6 +38,7 @@ pub fn bin_dir() -> PathBuf {
         "wsserver",
         "grpc-ping",
         "autoscale",
+        "hellohttp2",
     ] {
         assert!(
             dir.join(b).is_file(),

@@ -277,3 +277,18 @@ fn protocols_from_an_http2_client() {
         assert_eq!(ri["request"]["protoMajor"], want, "{name}: {ri}");
     }
 }
+
+/// TestHelloHTTP2WithPortNameH2C (test/e2e/http2_test.go): an HTTP/2-only app (4xx to HTTP/1.1)
+/// behind a port named `h2c` serves its text to an HTTP/1.1 client. (TestHelloHTTP2WithEmptyPortName
+/// is skipped upstream: not implemented in Knative either.)
+#[test]
+fn test_hello_http2_with_port_name_h2c() {
+    let _m = shared();
+    let text = "Hello, New World! How about donuts and coffee?";
+    let mut svc = Svc::new("hellohttp2", "hellohttp2").env("RESPONSE", text);
+    svc.port = Some((None, Some("h2c".into())));
+    let local = Local::start("hellohttp2", &[svc.yaml()], &[]);
+    local.wait_ready("hellohttp2-00001", 1, Duration::from_secs(30));
+    let r = local.get(&svc.host(), "/", &[]);
+    assert_eq!((r.status, r.body.as_str()), (200, text), "{}", local.log());
+}

@@ -270,3 +270,41 @@ fn test_service_byo_name() {
         "{err}"
     );
 }
+
+/// TestServiceCreateAndUpdate (test/conformance/api/v1/service_test.go), the data plane: the
+/// Service serves revision 1's text, then, updated (a second document), revision 2's; a prober
+/// running the whole time (upstream's `RunRouteProber`, asserted with `AssertProberDefault`)
+/// sees no failure while the route moves. Label and annotation updates (metadata only) are
+/// left out: no new revision, nothing on the request path.
+#[test]
+fn test_service_create_and_update() {
+    let _m = shared();
+    let v1 = Svc::new("createupdate", "helloworld").env("TARGET", "one");
+    let v2 = Svc::new("createupdate", "helloworld").env("TARGET", "two");
+    let local = Local::start("createupdate", &[v1.yaml(), v2.yaml()], &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let (port, host, stop) = (local.port, v1.host(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let r = request(port, "GET", "/", &host, &[], "");
+                seen.push(r.map(|r| (r.status, r.body)).map_err(|e| e.to_string()));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        })
+    };
+    local.wait_ready("createupdate-00002", 1, Duration::from_secs(30));
+    crate::harness::wait_until(Duration::from_secs(10), "revision 2's text", || {
+        local.get(&v1.host(), "/", &[]).body == "Hello two!\n"
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let seen = prober.join().expect("prober");
+    let bad: Vec<_> = seen
+        .iter()
+        .filter(|r| !matches!(r, Ok((200, b)) if b == "Hello one!\n" || b == "Hello two!\n"))
+        .collect();
+    assert!(bad.is_empty(), "prober saw {bad:?} of {}", seen.len());
+}

@@ -30,6 +30,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 const REVISIONS: &str = "/apis/serving.knative.dev/v1/revisions";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const SERVICES: &str = "/api/v1/services";
+const ENDPOINTS: &str = "/api/v1/endpoints";
 
 /// What the fake sends on a watch stream.
 enum Msg {
@@ -55,6 +56,24 @@ struct FakeApi {
     /// Single objects served to a plain GET of their path.
     objects: HashMap<String, Value>,
     seen: Mutex<Vec<Seen>>,
+    /// Answer 403 to everything Knative's activator RBAC does not grant (a Role on configmaps
+    /// and secrets in knative-serving; a ClusterRole on services, endpoints and revisions).
+    upstream_rbac: bool,
+}
+
+/// Whether Knative's `knative-serving-activator` Role and `knative-serving-activator-cluster`
+/// ClusterRole (config/core/200-roles/activator.yaml) let the activator read `path`.
+fn upstream_rbac_allows(path: &str) -> bool {
+    [REVISIONS, SERVICES, ENDPOINTS].contains(&path)
+        || path.starts_with("/api/v1/namespaces/knative-serving/configmaps")
+        || path.starts_with("/api/v1/namespaces/knative-serving/secrets")
+}
+
+/// The API server's answer to a request RBAC denies.
+fn forbidden(path: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("{path} is forbidden: User \"system:serviceaccount:knative-serving:activator\" cannot list it"),
+        "reason": "Forbidden", "details": {}, "code": 403})
 }
 
 impl FakeApi {
@@ -169,6 +188,9 @@ async fn handle(api: Arc<FakeApi>, req: Request<Incoming>) -> Result<Response<Bo
         .lock()
         .unwrap()
         .push((path.clone(), selector.clone(), watch, rv));
+    if api.upstream_rbac && !upstream_rbac_allows(&path) {
+        return Ok(full(StatusCode::FORBIDDEN, &forbidden(&path)));
+    }
     if let Some(obj) = api.objects.get(&path) {
         return Ok(full(StatusCode::OK, obj));
     }
@@ -291,6 +313,82 @@ fn service(rev: &str, rv: &str, ip: &str) -> Value {
         "spec": {"clusterIP": ip, "type": "ClusterIP", "ports": [
             {"name": "http", "port": 80, "targetPort": 8012, "protocol": "TCP"},
             {"name": "http2", "port": 81, "targetPort": 8013, "protocol": "TCP"}]}
+    })
+}
+
+/// The labels Knative puts on a revision's ServerlessService objects (the private and public
+/// Services, hence their Endpoints): the revision's labels plus the SKS name and service type.
+fn sks_labels(rev: &str, kind: &str) -> Value {
+    json!({
+        "app": rev,
+        "serving.knative.dev/configuration": "hello",
+        "serving.knative.dev/configurationGeneration": "1",
+        "serving.knative.dev/configurationUID": "5c0d6a1e",
+        "serving.knative.dev/revision": rev,
+        "serving.knative.dev/revisionUID": "0b7d4a8e",
+        "serving.knative.dev/service": "hello",
+        "serving.knative.dev/serviceUID": "9e1f2c3d",
+        "networking.internal.knative.dev/serverlessservice": rev,
+        "networking.internal.knative.dev/serviceType": kind,
+    })
+}
+
+/// core/v1 Endpoints of `rev`'s private Service as the Endpoints controller writes them: one
+/// subset with every port of the Service (named as on the Service, numbered as the target),
+/// ready pods in `addresses`, unready ones in `notReadyAddresses`.
+fn private_endpoints(
+    rev: &str,
+    rv: &str,
+    port: (&str, i32),
+    ready: &[&str],
+    not_ready: &[&str],
+) -> Value {
+    let addr = |ip: &&str| {
+        json!({"ip": ip, "nodeName": "node-1",
+            "targetRef": {"kind": "Pod", "namespace": "ns", "name": format!("{rev}-deployment-{ip}"),
+                "uid": "7d9c0b1a"}})
+    };
+    let mut subset = json!({"ports": [
+        {"name": port.0, "port": port.1, "protocol": "TCP"},
+        {"name": "https", "port": 8112, "protocol": "TCP"},
+        {"name": "http-autometric", "port": 9090, "protocol": "TCP"},
+        {"name": "http-usermetric", "port": 9091, "protocol": "TCP"},
+        {"name": "http-queueadm", "port": 8022, "protocol": "TCP"}]});
+    if !ready.is_empty() {
+        subset["addresses"] = ready.iter().map(addr).collect();
+    }
+    if !not_ready.is_empty() {
+        subset["notReadyAddresses"] = not_ready.iter().map(addr).collect();
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"namespace": "ns", "name": format!("{rev}-private"), "resourceVersion": rv,
+            "labels": sks_labels(rev, "Private")},
+        "subsets": [subset]
+    })
+}
+
+/// core/v1 Endpoints of `rev`'s public Service as Knative's SKS reconciler writes them in proxy
+/// mode (`MakePublicEndpoints`): named as the revision, the activators' addresses, ports
+/// filtered to the serving port and 8112.
+fn public_endpoints(rev: &str, rv: &str, activators: &[&str]) -> Value {
+    let addrs: Vec<Value> = activators
+        .iter()
+        .map(|ip| {
+            json!({"ip": ip, "targetRef": {"kind": "Pod", "namespace": "knative-serving",
+            "name": format!("activator-{ip}")}})
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"namespace": "ns", "name": rev, "resourceVersion": rv,
+            "labels": sks_labels(rev, "Public"),
+            "ownerReferences": [{"apiVersion": "networking.internal.knative.dev/v1alpha1",
+                "kind": "ServerlessService", "name": rev, "uid": "1a2b3c4d", "controller": true,
+                "blockOwnerDeletion": true}]},
+        "subsets": [{"addresses": addrs, "ports": [
+            {"name": "http", "port": 8012, "protocol": "TCP"},
+            {"name": "https", "port": 8112, "protocol": "TCP"}]}]
     })
 }
 
@@ -596,6 +694,121 @@ async fn watches_feed_the_catalog_through_restarts_bookmarks_gone_and_deletions(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_are_watched_when_endpointslices_are_forbidden() {
+    // Knative's RBAC: EndpointSlices are 403, core/v1 Endpoints are allowed. The EndpointSlice
+    // lists are registered too, so only the 403 (not a 404) can steer the source away.
+    let mut api = FakeApi {
+        upstream_rbac: true,
+        ..FakeApi::default()
+    };
+    api.add(
+        REVISIONS,
+        "",
+        "10",
+        vec![
+            revision("hello-00001", "9", 2, "user-port"),
+            revision("grpc-00001", "9", 0, "h2c"),
+        ],
+    );
+    api.add(SLICES, PRIVATE_SLICES, "10", vec![]);
+    api.add(SLICES, PUBLIC_SLICES, "10", vec![]);
+    api.add(
+        ENDPOINTS,
+        PRIVATE_SLICES,
+        "20",
+        vec![
+            private_endpoints(
+                "hello-00001",
+                "19",
+                ("http", 8012),
+                &["10.1.0.1"],
+                &["10.1.0.2"],
+            ),
+            private_endpoints("grpc-00001", "19", ("http2", 8013), &["10.1.1.1"], &[]),
+        ],
+    );
+    api.add(
+        ENDPOINTS,
+        PUBLIC_SLICES,
+        "20",
+        vec![public_endpoints(
+            "hello-00001",
+            "19",
+            &["10.2.0.3", "10.2.0.20"],
+        )],
+    );
+    api.add(
+        SERVICES,
+        PRIVATE_SERVICES,
+        "30",
+        vec![service("hello-00001", "29", "10.96.0.10")],
+    );
+    let api = Arc::new(api);
+    let stop = CancellationToken::new();
+    let url = serve(Arc::clone(&api), stop.clone()).await;
+    let catalog = Catalog::new();
+    let src = KubeSource::start(client(&url), catalog.clone(), DEADLINE)
+        .await
+        .expect("syncs from Endpoints");
+    let snap = catalog.snapshot();
+    let hello = entry(&snap, "hello-00001").expect("hello");
+    assert_eq!(hello.endpoints.ready, ["10.1.0.1:8012"]);
+    assert_eq!(hello.endpoints.not_ready, ["10.1.0.2:8012"]);
+    assert_eq!(hello.endpoints.cluster_ip.as_deref(), Some("10.96.0.10:80"));
+    assert_eq!(
+        hello.activators.as_deref(),
+        Some(&["10.2.0.20".to_owned(), "10.2.0.3".to_owned()][..])
+    );
+    let grpc = entry(&snap, "grpc-00001").expect("grpc");
+    assert_eq!(grpc.endpoints.ready, ["10.1.1.1:8013"]);
+    assert!(
+        api.watch_versions(SLICES, PRIVATE_SLICES).is_empty(),
+        "no EndpointSlice watch after the 403"
+    );
+
+    // The Endpoints watch is followed: the unready pod turns ready, the public set shrinks.
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(src.run(shutdown.clone()));
+    api.send(
+        ENDPOINTS,
+        PRIVATE_SLICES,
+        event(
+            "MODIFIED",
+            private_endpoints(
+                "hello-00001",
+                "21",
+                ("http", 8012),
+                &["10.1.0.1", "10.1.0.2"],
+                &[],
+            ),
+        ),
+    )
+    .await;
+    api.send(
+        ENDPOINTS,
+        PUBLIC_SLICES,
+        event(
+            "MODIFIED",
+            public_endpoints("hello-00001", "22", &["10.2.0.3"]),
+        ),
+    )
+    .await;
+    wait_for(&catalog, "Endpoints updates", |s| {
+        entry(s, "hello-00001").is_some_and(|e| {
+            e.endpoints.ready == ["10.1.0.1:8012", "10.1.0.2:8012"]
+                && e.activators.as_deref() == Some(&["10.2.0.3".to_owned()][..])
+        })
+    })
+    .await;
+    shutdown.cancel();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .expect("stops")
+        .expect("no panic");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_fails_naming_the_watch_that_cannot_list() {
     // Revisions are served; the EndpointSlice and Service lists 404 (as without RBAC or CRDs
     // they would fail): start() gives up after its deadline with the last error.
@@ -688,6 +901,58 @@ async fn get_revision(port: u16) -> Option<(StatusCode, String)> {
     Some((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// Starts the real binary with only Knative's env and a kubeconfig for the fake API server.
+fn spawn_activator(kubeconfig: &std::path::Path, port: u16) -> tokio::process::Child {
+    // No --source: Knative's manifests set none, so the Kubernetes source is the default.
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_activator"))
+        .env_clear()
+        .env("POD_NAME", "activator-0")
+        .env("POD_IP", "10.2.0.3")
+        .env("SYSTEM_NAMESPACE", "knative-serving")
+        .env("KUBECONFIG", kubeconfig)
+        .args(["--stats-sink", "none", "--metrics-addr", "none"])
+        .args(["--http1-addr", &format!("127.0.0.1:{port}")])
+        .args(["--h2c-addr", &format!("127.0.0.1:{}", free_port())])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Routes a request for `ns/hello-00001` through the binary to the fake pod, then deletes the
+/// Revision and waits for the 404.
+async fn routes_then_forgets(api: &FakeApi, port: u16) {
+    let served = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(r) = get_revision(port).await {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("activator answers");
+    assert_eq!(served, (StatusCode::OK, "hello from the pod".to_owned()));
+
+    // The binary follows the watch: a deleted Revision is 404 for new requests.
+    api.send(
+        REVISIONS,
+        "",
+        event("DELETED", revision("hello-00001", "11", 1, "user-port")),
+    )
+    .await;
+    let gone = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some((StatusCode::NOT_FOUND, _)) = get_revision(port).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "revision still served after DELETED");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_revisions_from_the_api_server_by_default() {
     let stop = CancellationToken::new();
@@ -720,50 +985,51 @@ async fn the_binary_serves_revisions_from_the_api_server_by_default() {
 
     let (dir, kubeconfig) = kubeconfig("serves", &url);
     let port = free_port();
-    // No --source: Knative's manifests set none, so the Kubernetes source is the default.
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_activator"))
-        .env_clear()
-        .env("POD_NAME", "activator-0")
-        .env("POD_IP", "10.2.0.3")
-        .env("SYSTEM_NAMESPACE", "knative-serving")
-        .env("KUBECONFIG", &kubeconfig)
-        .args(["--stats-sink", "none", "--metrics-addr", "none"])
-        .args(["--http1-addr", &format!("127.0.0.1:{port}")])
-        .args(["--h2c-addr", &format!("127.0.0.1:{}", free_port())])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_activator(&kubeconfig, port);
+    routes_then_forgets(&api, port).await;
+    child.kill().await.unwrap();
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
-    let served = tokio::time::timeout(DEADLINE, async {
-        loop {
-            if let Some(r) = get_revision(port).await {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("activator answers");
-    assert_eq!(served, (StatusCode::OK, "hello from the pod".to_owned()));
-
-    // The binary follows the watch: a deleted Revision is 404 for new requests.
-    api.send(
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_routes_with_knatives_own_rbac_and_endpoints() {
+    // Only the image swapped: Knative's Role and ClusterRole, so every EndpointSlice request is
+    // 403 and the pod addresses come from the Endpoints objects Kubernetes writes.
+    let stop = CancellationToken::new();
+    let pod = fake_pod(stop.clone()).await;
+    let mut api = FakeApi {
+        upstream_rbac: true,
+        ..FakeApi::default()
+    };
+    api.add(
         REVISIONS,
         "",
-        event("DELETED", revision("hello-00001", "11", 1, "user-port")),
-    )
-    .await;
-    let gone = tokio::time::timeout(DEADLINE, async {
-        loop {
-            if let Some((StatusCode::NOT_FOUND, _)) = get_revision(port).await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(gone.is_ok(), "revision still served after DELETED");
+        "10",
+        vec![revision("hello-00001", "9", 1, "user-port")],
+    );
+    api.add(
+        ENDPOINTS,
+        PRIVATE_SLICES,
+        "10",
+        vec![private_endpoints(
+            "hello-00001",
+            "9",
+            ("http", i32::from(pod.port())),
+            &["127.0.0.1"],
+            &[],
+        )],
+    );
+    api.add(ENDPOINTS, PUBLIC_SLICES, "10", vec![]);
+    api.add(SERVICES, PRIVATE_SERVICES, "10", vec![]);
+    api.add_config_network(json!({}));
+    let api = Arc::new(api);
+    let url = serve(Arc::clone(&api), stop.clone()).await;
+
+    let (dir, kubeconfig) = kubeconfig("upstream-rbac", &url);
+    let port = free_port();
+    let mut child = spawn_activator(&kubeconfig, port);
+    routes_then_forgets(&api, port).await;
     child.kill().await.unwrap();
     stop.cancel();
     let _ = std::fs::remove_dir_all(&dir);

@@ -10,6 +10,10 @@
 //!
 //! EndpointSlices (not the deprecated core/v1 Endpoints) carry the labels of their Service, or of
 //! the Endpoints they mirror for the selector-less public Service, so the same label filters work.
+//! Knative's own RBAC (`knative-serving-activator-cluster`) grants core/v1 Endpoints but not
+//! EndpointSlices: when listing EndpointSlices is forbidden (403) at start, both address watches
+//! use Endpoints instead, with the same label selectors, and one log line says so
+//! ([`AddressApi::detect`]).
 //!
 //! One task owns the [`state::State`] and publishes it to the [`Catalog`]; the request path only
 //! reads catalog snapshots. kube-runtime's watcher handles watch restarts, bookmarks and `410
@@ -23,8 +27,9 @@ pub mod state;
 use std::time::Duration;
 
 use futures_util::stream::{BoxStream, StreamExt, select_all};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::ListParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
@@ -70,11 +75,42 @@ pub enum KubeSourceError {
     },
 }
 
+/// Which API the pod addresses come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressApi {
+    /// `discovery.k8s.io/v1` EndpointSlices (our RBAC in `config/base`).
+    EndpointSlices,
+    /// core/v1 Endpoints (Knative's RBAC, which does not grant EndpointSlices).
+    Endpoints,
+}
+
+impl AddressApi {
+    /// EndpointSlices unless the service account may not list them: one `limit=1` list, and a
+    /// 403 selects core/v1 Endpoints. Any other outcome keeps EndpointSlices (an unreachable API
+    /// server is retried by the watchers and reported by [`KubeSource::start`]).
+    pub async fn detect(client: &Client) -> Self {
+        let probe = Api::<EndpointSlice>::all(client.clone())
+            .list_metadata(&ListParams::default().limit(1))
+            .await;
+        match probe {
+            Err(kube::Error::Api(s)) if s.is_forbidden() => {
+                tracing::info!(
+                    "listing discovery.k8s.io EndpointSlices is forbidden (Knative's RBAC); watching core/v1 Endpoints instead"
+                );
+                Self::Endpoints
+            }
+            _ => Self::EndpointSlices,
+        }
+    }
+}
+
 /// One watcher item, tagged with its watch (boxed: the k8s types differ a lot in size).
 enum Update {
     Revision(Box<watcher::Result<watcher::Event<Revision>>>),
     PrivateSlice(Box<watcher::Result<watcher::Event<EndpointSlice>>>),
     PublicSlice(Box<watcher::Result<watcher::Event<EndpointSlice>>>),
+    PrivateEndpoints(Box<watcher::Result<watcher::Event<Endpoints>>>),
+    PublicEndpoints(Box<watcher::Result<watcher::Event<Endpoints>>>),
     PrivateService(Box<watcher::Result<watcher::Event<Service>>>),
 }
 
@@ -116,30 +152,51 @@ impl KubeSource {
         sync_timeout: Duration,
     ) -> Result<Self, KubeSourceError> {
         let cfg = watcher::Config::default;
-        let streams: Vec<BoxStream<'static, Update>> = vec![
+        let mut streams: Vec<BoxStream<'static, Update>> = vec![
             watcher(Api::<Revision>::all(client.clone()), cfg())
                 .default_backoff()
                 .map(|e| Update::Revision(Box::new(e)))
                 .boxed(),
-            watcher(
-                Api::<EndpointSlice>::all(client.clone()),
-                cfg().labels(PRIVATE_SLICES),
-            )
-            .default_backoff()
-            .map(|e| Update::PrivateSlice(Box::new(e)))
-            .boxed(),
-            watcher(
-                Api::<EndpointSlice>::all(client.clone()),
-                cfg().labels(PUBLIC_SLICES),
-            )
-            .default_backoff()
-            .map(|e| Update::PublicSlice(Box::new(e)))
-            .boxed(),
+        ];
+        match AddressApi::detect(&client).await {
+            AddressApi::EndpointSlices => {
+                let slices = || Api::<EndpointSlice>::all(client.clone());
+                streams.push(
+                    watcher(slices(), cfg().labels(PRIVATE_SLICES))
+                        .default_backoff()
+                        .map(|e| Update::PrivateSlice(Box::new(e)))
+                        .boxed(),
+                );
+                streams.push(
+                    watcher(slices(), cfg().labels(PUBLIC_SLICES))
+                        .default_backoff()
+                        .map(|e| Update::PublicSlice(Box::new(e)))
+                        .boxed(),
+                );
+            }
+            AddressApi::Endpoints => {
+                // Knative's Services (and so their Endpoints) carry the same labels.
+                let eps = || Api::<Endpoints>::all(client.clone());
+                streams.push(
+                    watcher(eps(), cfg().labels(PRIVATE_SLICES))
+                        .default_backoff()
+                        .map(|e| Update::PrivateEndpoints(Box::new(e)))
+                        .boxed(),
+                );
+                streams.push(
+                    watcher(eps(), cfg().labels(PUBLIC_SLICES))
+                        .default_backoff()
+                        .map(|e| Update::PublicEndpoints(Box::new(e)))
+                        .boxed(),
+                );
+            }
+        }
+        streams.push(
             watcher(Api::<Service>::all(client), cfg().labels(PRIVATE_SERVICES))
                 .default_backoff()
                 .map(|e| Update::PrivateService(Box::new(e)))
                 .boxed(),
-        ];
+        );
         let mut me = Self {
             updates: select_all(streams).boxed(),
             state: State::default(),
@@ -196,6 +253,14 @@ impl KubeSource {
                 (*r).map(|e| self.state.on_private_slice(e)),
             ),
             Update::PublicSlice(r) => (
+                Kind::PublicSlices,
+                (*r).map(|e| self.state.on_public_slice(e)),
+            ),
+            Update::PrivateEndpoints(r) => (
+                Kind::PrivateSlices,
+                (*r).map(|e| self.state.on_private_slice(e)),
+            ),
+            Update::PublicEndpoints(r) => (
                 Kind::PublicSlices,
                 (*r).map(|e| self.state.on_public_slice(e)),
             ),

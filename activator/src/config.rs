@@ -71,7 +71,8 @@ pub struct ServeArgs {
     #[arg(long, env = "ACTIVATOR_LOG_LEVEL")]
     pub log_level: Option<String>,
     /// Knative's `config-logging`: a mounted ConfigMap directory or a ConfigMap YAML file
-    /// (`zap-logger-config`, `loglevel.activator`), read at start-up.
+    /// (`zap-logger-config`, `loglevel.activator`), read at start-up when it exists. With the
+    /// Kubernetes source the API's copy replaces it and is watched.
     #[arg(long, env = "ACTIVATOR_CONFIG_LOGGING")]
     pub config_logging: Option<PathBuf>,
     /// Knative's `config-observability` (mounted directory or ConfigMap YAML): the
@@ -79,6 +80,16 @@ pub struct ServeArgs {
     /// `logging.enable-request-log` and `logging.request-log-template` keys, read at start-up.
     #[arg(long, env = "ACTIVATOR_CONFIG_OBSERVABILITY")]
     pub config_observability: Option<PathBuf>,
+    /// Name of the logging ConfigMap in `SYSTEM_NAMESPACE` (Kubernetes source).
+    #[arg(long, env = "CONFIG_LOGGING_NAME", default_value = "config-logging")]
+    pub config_logging_name: String,
+    /// Name of the observability ConfigMap in `SYSTEM_NAMESPACE` (Kubernetes source).
+    #[arg(
+        long,
+        env = "CONFIG_OBSERVABILITY_NAME",
+        default_value = "config-observability"
+    )]
+    pub config_observability_name: String,
 }
 
 /// Where the control plane comes from.
@@ -140,6 +151,8 @@ pub struct Config {
     pub tracing: Option<shared::telemetry::otlp::ExportConfig>,
     /// Request log template from `config-observability`; `None` = off (Knative's default).
     pub request_log: Option<shared::telemetry::reqlog::Template>,
+    /// The ConfigMaps the Kubernetes source watches.
+    pub configmap_names: crate::source::kube::configmaps::Names,
 }
 
 impl Config {
@@ -166,6 +179,7 @@ impl Config {
             logging: crate::configmap::LoggingConfig::default(),
             tracing: None,
             request_log: None,
+            configmap_names: crate::source::kube::configmaps::Names::default(),
         }
     }
 }
@@ -353,6 +367,10 @@ impl TryFrom<ServeArgs> for Config {
                     .map_err(|e| bad("ACTIVATOR_CONFIG_OBSERVABILITY", e.to_string()))?,
                 None => None,
             },
+            configmap_names: crate::source::kube::configmaps::Names {
+                logging: a.config_logging_name,
+                observability: a.config_observability_name,
+            },
         })
     }
 }
@@ -373,12 +391,13 @@ pub fn main(args: ServeArgs) -> ExitCode {
             .or(config.logging.level.as_deref()),
         config.logging.zap_logger_config.as_deref(),
     );
-    shared::telemetry::log::init(
-        shared::telemetry::log::LogFormat::Zap(shared::telemetry::log::ZapFormat {
+    // Behind a reloadable filter: `config-logging` changes apply while running.
+    crate::configmap::init_logging(
+        shared::telemetry::log::ZapFormat {
             logger: "activator".into(),
             key: None,
             pod: Some(config.pod_name.clone()),
-        }),
+        },
         level,
     );
     let rt = match runtime().enable_all().build() {
@@ -429,6 +448,8 @@ mod tests {
             log_level: None,
             config_logging: None,
             config_observability: None,
+            config_logging_name: "config-logging".into(),
+            config_observability_name: "config-observability".into(),
         }
     }
 
@@ -446,11 +467,19 @@ mod tests {
 
     #[test]
     fn config_logging_is_read_and_named_in_errors() {
+        // A volume that is not mounted is skipped (Knative's Deployment mounts none).
         let mut a = args();
         a.config_logging = Some("/nonexistent/config-logging".into());
+        assert!(Config::try_from(a).is_ok());
+        let dir = std::env::temp_dir().join(format!("act-cfg-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("loglevel.activator"), "loud").unwrap();
+        let mut a = args();
+        a.config_logging = Some(dir.clone());
         let e = Config::try_from(a).unwrap_err();
         assert_eq!(e.name, "ACTIVATOR_CONFIG_LOGGING");
-        assert!(e.to_string().contains("/nonexistent/config-logging"), "{e}");
+        assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -133,6 +133,12 @@ pub(crate) async fn run_observed(
 ) -> Result<(), RunError> {
     let background = CancellationToken::new();
     let _stop_background = background.clone().drop_guard();
+    let live = Arc::new(configmap::Live::new(
+        config.request_log.clone(),
+        false,
+        config.log_level.is_some(),
+    ));
+    let mut tracing_config = config.tracing.clone();
     match &config.source {
         Some(SourceSpec::File(path)) => {
             let src = source::file::FileSource::start(path.clone(), catalog.clone())?;
@@ -143,6 +149,22 @@ pub(crate) async fn run_observed(
             source::kube::network::load(client.clone(), &config.system_namespace)
                 .await?
                 .check()?;
+            let (cms, initial) = source::kube::configmaps::ConfigMapSource::start(
+                client.clone(),
+                &config.system_namespace,
+                config.configmap_names.clone(),
+                Arc::clone(&live),
+                source::kube::SYNC_TIMEOUT,
+            )
+            .await?;
+            // Tracing is read at start-up (as Knative); the API's copy wins over a volume.
+            if let Some(data) = &initial.observability {
+                match configmap::tracing_from_data(data) {
+                    Ok(t) => tracing_config = t,
+                    Err(e) => tracing::error!(error = %e, "config-observability tracing rejected"),
+                }
+            }
+            tokio::spawn(cms.run(background.clone()));
             let src = source::kube::KubeSource::start(
                 client,
                 catalog.clone(),
@@ -207,13 +229,10 @@ pub(crate) async fn run_observed(
         metrics,
         catalog: catalog.subscribe(),
         applied,
-        tracer: config
-            .tracing
-            .clone()
-            .map_or_else(shared::telemetry::otlp::Tracer::disabled, |t| {
-                shared::telemetry::otlp::Tracer::start(t, background.clone())
-            }),
-        request_log: config.request_log.clone().map(Arc::new),
+        tracer: tracing_config.map_or_else(shared::telemetry::otlp::Tracer::disabled, |t| {
+            shared::telemetry::otlp::Tracer::start(t, background.clone())
+        }),
+        request_log: live.request_log.subscribe(),
     });
     let stop_accepting = CancellationToken::new();
     let mut servers = tokio::task::JoinSet::new();

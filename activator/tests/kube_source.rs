@@ -31,6 +31,14 @@ const REVISIONS: &str = "/apis/serving.knative.dev/v1/revisions";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const SERVICES: &str = "/api/v1/services";
 const ENDPOINTS: &str = "/api/v1/endpoints";
+const CONFIGMAPS: &str = "/api/v1/namespaces/knative-serving/configmaps";
+
+/// A ConfigMap in knative-serving.
+fn configmap(name: &str, rv: &str, data: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"namespace": "knative-serving", "name": name, "resourceVersion": rv},
+        "data": data})
+}
 
 /// What the fake sends on a watch stream.
 enum Msg {
@@ -78,12 +86,18 @@ fn forbidden(path: &str) -> Value {
 
 impl FakeApi {
     fn add_config_network(&mut self, data: Value) {
-        self.objects.insert(
-            "/api/v1/namespaces/knative-serving/configmaps/config-network".into(),
-            json!({"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"namespace": "knative-serving", "name": "config-network", "resourceVersion": "1"},
-                "data": data}),
-        );
+        self.add_system_configmaps(data, vec![]);
+    }
+
+    /// `config-network` (served to its GET) and the namespace's ConfigMap list and watch,
+    /// holding it and `others`.
+    fn add_system_configmaps(&mut self, network: Value, others: Vec<Value>) {
+        let cm = configmap("config-network", "1", network);
+        self.objects
+            .insert(format!("{CONFIGMAPS}/config-network"), cm.clone());
+        let mut items = vec![cm];
+        items.extend(others);
+        self.add(CONFIGMAPS, "", "5", items);
     }
 
     fn add(&mut self, path: &str, selector: &str, rv: &str, items: Vec<Value>) {
@@ -903,9 +917,84 @@ async fn get_revision(port: u16) -> Option<(StatusCode, String)> {
 
 /// Starts the real binary with only Knative's env and a kubeconfig for the fake API server.
 fn spawn_activator(kubeconfig: &std::path::Path, port: u16) -> tokio::process::Child {
-    // No --source: Knative's manifests set none, so the Kubernetes source is the default.
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_activator"))
-        .env_clear()
+    activator_command(kubeconfig, port)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The binary's stdout lines, collected as they come.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn follow(child: &mut tokio::process::Child) -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+        let me = Self::default();
+        let out = child.stdout.take().expect("piped stdout");
+        let lines = me.clone();
+        tokio::spawn(async move {
+            let mut r = tokio::io::BufReader::new(out).lines();
+            while let Ok(Some(l)) = r.next_line().await {
+                lines.0.lock().unwrap().push(l);
+            }
+        });
+        me
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    fn dump(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+}
+
+/// Retries `probe` until `found` holds (or [`DEADLINE`]).
+async fn eventually<F: std::future::Future<Output = ()>>(
+    what: &str,
+    lines: &Lines,
+    mut probe: impl FnMut() -> F,
+    found: impl Fn() -> bool,
+) {
+    let ok = tokio::time::timeout(DEADLINE, async {
+        loop {
+            probe().await;
+            if found() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        ok.is_ok(),
+        "timed out waiting for {what}; logs:\n{}",
+        lines.dump()
+    );
+}
+
+/// A request the shared server answers 400 with a debug-level log line.
+async fn malformed_request(port: u16) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+        let _ = s
+            .write_all(b"CONNECT example.com:80 HTTP/1.0\r\n\r\n")
+            .await;
+        let mut buf = [0u8; 256];
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+    }
+}
+
+fn activator_command(kubeconfig: &std::path::Path, port: u16) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_activator"));
+    c.env_clear()
         .env("POD_NAME", "activator-0")
         .env("POD_IP", "10.2.0.3")
         .env("SYSTEM_NAMESPACE", "knative-serving")
@@ -913,10 +1002,8 @@ fn spawn_activator(kubeconfig: &std::path::Path, port: u16) -> tokio::process::C
         .args(["--stats-sink", "none", "--metrics-addr", "none"])
         .args(["--http1-addr", &format!("127.0.0.1:{port}")])
         .args(["--h2c-addr", &format!("127.0.0.1:{}", free_port())])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+        .kill_on_drop(true);
+    c
 }
 
 /// Routes a request for `ns/hello-00001` through the binary to the fake pod, then deletes the
@@ -1063,6 +1150,134 @@ async fn the_binary_refuses_system_internal_tls() {
     assert_eq!(out.status.code(), Some(1));
     let logs = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
     assert!(logs.contains("system-internal-tls"), "{logs}");
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_logging_and_observability_apply_live_from_the_api() {
+    // Knative's RBAC and ConfigMaps, nothing mounted: the level and the request log come from
+    // the API server and change while the binary runs.
+    let stop = CancellationToken::new();
+    let pod = fake_pod(stop.clone()).await;
+    let mut api = FakeApi {
+        upstream_rbac: true,
+        ..FakeApi::default()
+    };
+    api.add(
+        REVISIONS,
+        "",
+        "10",
+        vec![revision("hello-00001", "9", 1, "user-port")],
+    );
+    api.add(
+        ENDPOINTS,
+        PRIVATE_SLICES,
+        "10",
+        vec![private_endpoints(
+            "hello-00001",
+            "9",
+            ("http", i32::from(pod.port())),
+            &["127.0.0.1"],
+            &[],
+        )],
+    );
+    api.add(ENDPOINTS, PUBLIC_SLICES, "10", vec![]);
+    api.add(SERVICES, PRIVATE_SERVICES, "10", vec![]);
+    let logging = |rv: &str, level: &str| {
+        configmap(
+            "config-logging",
+            rv,
+            json!({"zap-logger-config": "{\"level\": \"info\"}", "loglevel.activator": level}),
+        )
+    };
+    api.add_system_configmaps(
+        json!({}),
+        vec![
+            logging("2", "info"),
+            configmap(
+                "config-observability",
+                "3",
+                json!({"metrics-protocol": "prometheus"}),
+            ),
+        ],
+    );
+    let api = Arc::new(api);
+    let url = serve(Arc::clone(&api), stop.clone()).await;
+    let (dir, kubeconfig) = kubeconfig("live", &url);
+    let port = free_port();
+    let mut child = activator_command(&kubeconfig, port)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Lines::follow(&mut child);
+    let get = || async {
+        let _ = get_revision(port).await;
+    };
+    eventually("the activator serving", &lines, get, || {
+        lines.count("\"message\":\"kubernetes source synced\"") == 1
+    })
+    .await;
+    assert_eq!(get_revision(port).await.map(|r| r.0), Some(StatusCode::OK));
+
+    // At info, the malformed request's debug line is not written.
+    malformed_request(port).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        lines.count("rejected a malformed request"),
+        0,
+        "{}",
+        lines.dump()
+    );
+    assert_eq!(lines.count("REQLOG"), 0);
+
+    // loglevel.activator: debug, no restart.
+    api.send(CONFIGMAPS, "", event("MODIFIED", logging("20", "debug")))
+        .await;
+    eventually(
+        "the debug level applied",
+        &lines,
+        || malformed_request(port),
+        || lines.count("rejected a malformed request") > 0,
+    )
+    .await;
+
+    // The request log turns on the same way.
+    api.send(
+        CONFIGMAPS,
+        "",
+        event(
+            "MODIFIED",
+            configmap(
+                "config-observability",
+                "21",
+                json!({"logging.enable-request-log": "true",
+                    "logging.request-log-template": "REQLOG {{.Request.Method}} {{.Response.Code}}"}),
+            ),
+        ),
+    )
+    .await;
+    eventually("a request log line", &lines, get, || {
+        lines.count("REQLOG GET 200") > 0
+    })
+    .await;
+
+    // And back to info: the debug line stops (checked after the level change is logged).
+    api.send(CONFIGMAPS, "", event("MODIFIED", logging("22", "info")))
+        .await;
+    eventually(
+        "info applied",
+        &lines,
+        || async {},
+        || lines.count("config-logging applied") >= 3,
+    )
+    .await;
+    let before = lines.count("rejected a malformed request");
+    malformed_request(port).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(lines.count("rejected a malformed request"), before);
+
+    child.kill().await.unwrap();
     stop.cancel();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -20,6 +20,7 @@
 //! Gone` (it re-lists and reports `Init`/`InitApply`/`InitDone`, which the state applies
 //! atomically, dropping objects deleted while the watch was down).
 
+pub mod configmaps;
 pub mod network;
 pub mod revision;
 pub mod state;
@@ -61,6 +62,18 @@ pub enum KubeSourceError {
     /// `config-network` asks for something this activator does not implement.
     #[error("{0}")]
     Unsupported(&'static str),
+    /// The ConfigMaps of `SYSTEM_NAMESPACE` could not be listed in time.
+    #[error(
+        "no list of the configmaps in {namespace} within {waited:?} (last error: {last_error})"
+    )]
+    ConfigMaps {
+        /// `SYSTEM_NAMESPACE`.
+        namespace: String,
+        /// How long we waited.
+        waited: Duration,
+        /// The last watch error seen, if any.
+        last_error: String,
+    },
     /// A watch did not complete its first list in time.
     #[error(
         "kubernetes source: no complete list of {kind:?} within {waited:?} (last error: {last_error})"

@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// `logging.enable-request-log` and `logging.request-log-template` keys, read at start-up.
     #[arg(long, env = "ACTIVATOR_CONFIG_OBSERVABILITY")]
     pub config_observability: Option<PathBuf>,
+    /// Profiling server port (Knative's 8008); it answers 404 unless `config-observability`
+    /// has `runtime-profiling: enabled`. 0 disables the listener.
+    #[arg(long, env = "PROFILING_PORT", default_value_t = shared::profiling::DEFAULT_PORT)]
+    pub profiling_port: u16,
     /// Name of the logging ConfigMap in `SYSTEM_NAMESPACE` (Kubernetes source).
     #[arg(long, env = "CONFIG_LOGGING_NAME", default_value = "config-logging")]
     pub config_logging_name: String,
@@ -153,6 +157,8 @@ pub struct Config {
     pub request_log: Option<shared::telemetry::reqlog::Template>,
     /// The ConfigMaps the Kubernetes source watches.
     pub configmap_names: crate::source::kube::configmaps::Names,
+    /// Profiling listener (`None`: none).
+    pub profiling_addr: Option<SocketAddr>,
 }
 
 impl Config {
@@ -180,6 +186,7 @@ impl Config {
             tracing: None,
             request_log: None,
             configmap_names: crate::source::kube::configmaps::Names::default(),
+            profiling_addr: None,
         }
     }
 }
@@ -371,6 +378,8 @@ impl TryFrom<ServeArgs> for Config {
                 logging: a.config_logging_name,
                 observability: a.config_observability_name,
             },
+            profiling_addr: (a.profiling_port != 0)
+                .then(|| SocketAddr::from(([0, 0, 0, 0], a.profiling_port))),
         })
     }
 }
@@ -448,6 +457,7 @@ mod tests {
             log_level: None,
             config_logging: None,
             config_observability: None,
+            profiling_port: 0,
             config_logging_name: "config-logging".into(),
             config_observability_name: "config-observability".into(),
         }

@@ -176,6 +176,14 @@ pub(crate) async fn run_observed(
         None => {}
     }
     tokio::spawn(shared::memory::run(background.clone()));
+    if let Some(addr) = config.profiling_addr {
+        // Always listening, 404 until `runtime-profiling: enabled` (Knative's activator).
+        tokio::spawn(shared::profiling::run(
+            addr,
+            live.profiling.subscribe(),
+            background.clone(),
+        ));
+    }
     let mut registry = Registry::default();
     let conn = match &stats_sink {
         StatsSink::Websocket(ws) => ws.metrics().clone(),

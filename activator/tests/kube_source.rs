@@ -1002,6 +1002,8 @@ fn activator_command(kubeconfig: &std::path::Path, port: u16) -> tokio::process:
         .args(["--stats-sink", "none", "--metrics-addr", "none"])
         .args(["--http1-addr", &format!("127.0.0.1:{port}")])
         .args(["--h2c-addr", &format!("127.0.0.1:{}", free_port())])
+        // Knative's 8008 is left alone in tests (the profiling test sets its own port).
+        .env("PROFILING_PORT", "0")
         .kill_on_drop(true);
     c
 }
@@ -1277,6 +1279,112 @@ async fn config_logging_and_observability_apply_live_from_the_api() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(lines.count("rejected a malformed request"), before);
 
+    child.kill().await.unwrap();
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `GET path` on 127.0.0.1:`port`: the status, or `None` when nothing answers.
+async fn status_of(port: u16, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    String::from_utf8_lossy(&buf)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_profiling_switches_the_profiling_port_live() {
+    let stop = CancellationToken::new();
+    let mut api = FakeApi {
+        upstream_rbac: true,
+        ..FakeApi::default()
+    };
+    api.add(REVISIONS, "", "10", vec![]);
+    api.add(ENDPOINTS, PRIVATE_SLICES, "10", vec![]);
+    api.add(ENDPOINTS, PUBLIC_SLICES, "10", vec![]);
+    api.add(SERVICES, PRIVATE_SERVICES, "10", vec![]);
+    api.add_system_configmaps(
+        json!({}),
+        vec![configmap("config-observability", "3", json!({}))],
+    );
+    let api = Arc::new(api);
+    let url = serve(Arc::clone(&api), stop.clone()).await;
+    let (dir, kubeconfig) = kubeconfig("profiling", &url);
+    let pport = free_port();
+    let mut child = activator_command(&kubeconfig, free_port())
+        .env("PROFILING_PORT", pport.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Off by default, as Knative: the port answers 404.
+    let off = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(s) = status_of(pport, "/debug/pprof/heap").await {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("profiling port listens");
+    assert_eq!(off, 404);
+    api.send(
+        CONFIGMAPS,
+        "",
+        event(
+            "MODIFIED",
+            configmap(
+                "config-observability",
+                "4",
+                json!({"runtime-profiling": "enabled"}),
+            ),
+        ),
+    )
+    .await;
+    let on = tokio::time::timeout(DEADLINE, async {
+        while status_of(pport, "/debug/pprof/heap").await != Some(200) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(on.is_ok(), "runtime-profiling: enabled not applied");
+    assert_eq!(
+        status_of(pport, "/debug/pprof/profile?seconds=1").await,
+        Some(200)
+    );
+    api.send(
+        CONFIGMAPS,
+        "",
+        event(
+            "MODIFIED",
+            configmap(
+                "config-observability",
+                "5",
+                json!({"runtime-profiling": "disabled"}),
+            ),
+        ),
+    )
+    .await;
+    let off = tokio::time::timeout(DEADLINE, async {
+        while status_of(pport, "/debug/pprof/heap").await != Some(404) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(off.is_ok(), "profiling still on");
     child.kill().await.unwrap();
     stop.cancel();
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,5 +1,6 @@
-//! `config/standalone/example.yaml` run as written (its activator args and source file), and a
-//! stats sink that cannot connect being reported where an operator sees it.
+//! Our manifests against the binary: `config/standalone/example.yaml` run as written (its
+//! activator args and source file), every env var `config/base` sets is one the binary reads,
+//! and a stats sink that cannot connect is reported where an operator sees it.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers
 
 use std::sync::{Arc, Mutex};
@@ -20,11 +21,13 @@ fn free_port() -> u16 {
 
 /// The example's documents.
 fn example() -> Vec<Value> {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../config/standalone/example.yaml"
-    ))
-    .unwrap();
+    manifest("standalone/example.yaml")
+}
+
+/// The documents of `config/<path>`.
+fn manifest(path: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(format!("{}/../config/{path}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap();
     serde_yaml_ng::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect()
@@ -182,4 +185,26 @@ async fn an_unreachable_stats_sink_is_a_warning_once_per_outage() {
     );
     child.kill().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_env_var_of_our_deployment_is_read_and_no_volume_is_needed() {
+    use clap::CommandFactory as _;
+    let docs = manifest("base/activator.yaml");
+    let spec = &find(&docs, "Deployment", "activator")["spec"]["template"]["spec"];
+    let container = &spec["containers"][0];
+    let read: Vec<String> = activator::cli::Cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect();
+    for e in container["env"].as_sequence().unwrap() {
+        let name = e["name"].as_str().unwrap();
+        assert!(
+            read.iter().any(|r| r == name),
+            "{name} is set but never read"
+        );
+    }
+    // ConfigMaps come from the API (Knative's Role), so the Deployment mounts nothing, as
+    // Knative's own does.
+    assert!(container.get("volumeMounts").is_none() && spec.get("volumes").is_none());
 }

@@ -66,7 +66,7 @@ struct FakeApi {
     seen: Mutex<Vec<Seen>>,
     /// Answer 403 to everything Knative's activator RBAC does not grant (a Role on configmaps
     /// and secrets in knative-serving; a ClusterRole on services, endpoints and revisions).
-    upstream_rbac: bool,
+    upstream_rbac: std::sync::atomic::AtomicBool,
 }
 
 /// Whether Knative's `knative-serving-activator` Role and `knative-serving-activator-cluster`
@@ -202,7 +202,7 @@ async fn handle(api: Arc<FakeApi>, req: Request<Incoming>) -> Result<Response<Bo
         .lock()
         .unwrap()
         .push((path.clone(), selector.clone(), watch, rv));
-    if api.upstream_rbac && !upstream_rbac_allows(&path) {
+    if api.upstream_rbac.load(std::sync::atomic::Ordering::SeqCst) && !upstream_rbac_allows(&path) {
         return Ok(full(StatusCode::FORBIDDEN, &forbidden(&path)));
     }
     if let Some(obj) = api.objects.get(&path) {
@@ -712,7 +712,7 @@ async fn endpoints_are_watched_when_endpointslices_are_forbidden() {
     // Knative's RBAC: EndpointSlices are 403, core/v1 Endpoints are allowed. The EndpointSlice
     // lists are registered too, so only the 403 (not a 404) can steer the source away.
     let mut api = FakeApi {
-        upstream_rbac: true,
+        upstream_rbac: true.into(),
         ..FakeApi::default()
     };
     api.add(
@@ -1088,7 +1088,7 @@ async fn the_binary_routes_with_knatives_own_rbac_and_endpoints() {
     let stop = CancellationToken::new();
     let pod = fake_pod(stop.clone()).await;
     let mut api = FakeApi {
-        upstream_rbac: true,
+        upstream_rbac: true.into(),
         ..FakeApi::default()
     };
     api.add(
@@ -1163,7 +1163,7 @@ async fn config_logging_and_observability_apply_live_from_the_api() {
     let stop = CancellationToken::new();
     let pod = fake_pod(stop.clone()).await;
     let mut api = FakeApi {
-        upstream_rbac: true,
+        upstream_rbac: true.into(),
         ..FakeApi::default()
     };
     api.add(
@@ -1309,7 +1309,7 @@ async fn status_of(port: u16, path: &str) -> Option<u16> {
 async fn runtime_profiling_switches_the_profiling_port_live() {
     let stop = CancellationToken::new();
     let mut api = FakeApi {
-        upstream_rbac: true,
+        upstream_rbac: true.into(),
         ..FakeApi::default()
     };
     api.add(REVISIONS, "", "10", vec![]);
@@ -1388,4 +1388,75 @@ async fn runtime_profiling_switches_the_profiling_port_live() {
     child.kill().await.unwrap();
     stop.cancel();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_source_moves_to_endpoints_when_slices_become_forbidden() {
+    // Our RBAC at start (EndpointSlices), then Knative's re-applied: the slice watch restarts
+    // into a 403 and the source carries on from Endpoints without a restart.
+    let mut api = FakeApi::default();
+    api.add(
+        REVISIONS,
+        "",
+        "10",
+        vec![revision("hello-00001", "9", 1, "user-port")],
+    );
+    api.add(
+        SLICES,
+        PRIVATE_SLICES,
+        "10",
+        vec![slice(
+            "hello-00001-private-a1",
+            "9",
+            "hello-00001",
+            "Private",
+            ("http", 8012),
+            &[("10.1.0.1", true, false)],
+        )],
+    );
+    api.add(SLICES, PUBLIC_SLICES, "10", vec![]);
+    api.add(
+        ENDPOINTS,
+        PRIVATE_SLICES,
+        "20",
+        vec![private_endpoints(
+            "hello-00001",
+            "19",
+            ("http", 8012),
+            &["10.1.0.1", "10.1.0.7"],
+            &[],
+        )],
+    );
+    api.add(ENDPOINTS, PUBLIC_SLICES, "20", vec![]);
+    api.add(SERVICES, PRIVATE_SERVICES, "10", vec![]);
+    let api = Arc::new(api);
+    let stop = CancellationToken::new();
+    let url = serve(Arc::clone(&api), stop.clone()).await;
+    let catalog = Catalog::new();
+    let src = KubeSource::start(client(&url), catalog.clone(), DEADLINE)
+        .await
+        .expect("syncs from EndpointSlices");
+    assert_eq!(
+        entry(&catalog.snapshot(), "hello-00001")
+            .unwrap()
+            .endpoints
+            .ready,
+        ["10.1.0.1:8012"]
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(src.run(shutdown.clone()));
+    api.upstream_rbac
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    api.send(SLICES, PRIVATE_SLICES, Msg::End).await;
+    wait_for(&catalog, "pods from Endpoints after the 403", |s| {
+        entry(s, "hello-00001")
+            .is_some_and(|e| e.endpoints.ready == ["10.1.0.1:8012", "10.1.0.7:8012"])
+    })
+    .await;
+    shutdown.cancel();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .expect("stops")
+        .expect("no panic");
+    stop.cancel();
 }

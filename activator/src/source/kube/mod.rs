@@ -130,6 +130,8 @@ enum Update {
 /// The Kubernetes source: started once (waiting for the first lists), then followed.
 pub struct KubeSource {
     updates: BoxStream<'static, Update>,
+    client: Client,
+    api: AddressApi,
     state: State,
     catalog: Catalog,
     last_error: Option<String>,
@@ -152,6 +154,60 @@ pub async fn infer_client() -> Result<Client, KubeSourceError> {
     Client::try_default().await.map_err(KubeSourceError::Client)
 }
 
+/// The watches, with pod addresses from `api`.
+fn watches(client: &Client, api: AddressApi) -> BoxStream<'static, Update> {
+    let cfg = watcher::Config::default;
+    let mut streams: Vec<BoxStream<'static, Update>> = vec![
+        watcher(Api::<Revision>::all(client.clone()), cfg())
+            .default_backoff()
+            .map(|e| Update::Revision(Box::new(e)))
+            .boxed(),
+    ];
+    match api {
+        AddressApi::EndpointSlices => {
+            let slices = || Api::<EndpointSlice>::all(client.clone());
+            streams.push(
+                watcher(slices(), cfg().labels(PRIVATE_SLICES))
+                    .default_backoff()
+                    .map(|e| Update::PrivateSlice(Box::new(e)))
+                    .boxed(),
+            );
+            streams.push(
+                watcher(slices(), cfg().labels(PUBLIC_SLICES))
+                    .default_backoff()
+                    .map(|e| Update::PublicSlice(Box::new(e)))
+                    .boxed(),
+            );
+        }
+        AddressApi::Endpoints => {
+            // Knative's Services (and so their Endpoints) carry the same labels.
+            let eps = || Api::<Endpoints>::all(client.clone());
+            streams.push(
+                watcher(eps(), cfg().labels(PRIVATE_SLICES))
+                    .default_backoff()
+                    .map(|e| Update::PrivateEndpoints(Box::new(e)))
+                    .boxed(),
+            );
+            streams.push(
+                watcher(eps(), cfg().labels(PUBLIC_SLICES))
+                    .default_backoff()
+                    .map(|e| Update::PublicEndpoints(Box::new(e)))
+                    .boxed(),
+            );
+        }
+    }
+    streams.push(
+        watcher(
+            Api::<Service>::all(client.clone()),
+            cfg().labels(PRIVATE_SERVICES),
+        )
+        .default_backoff()
+        .map(|e| Update::PrivateService(Box::new(e)))
+        .boxed(),
+    );
+    select_all(streams).boxed()
+}
+
 impl KubeSource {
     /// Starts the watches and waits (up to `sync_timeout`) until each has listed once, so the
     /// activator never serves 404 for a revision that exists; then publishes to `catalog`.
@@ -164,54 +220,11 @@ impl KubeSource {
         catalog: Catalog,
         sync_timeout: Duration,
     ) -> Result<Self, KubeSourceError> {
-        let cfg = watcher::Config::default;
-        let mut streams: Vec<BoxStream<'static, Update>> = vec![
-            watcher(Api::<Revision>::all(client.clone()), cfg())
-                .default_backoff()
-                .map(|e| Update::Revision(Box::new(e)))
-                .boxed(),
-        ];
-        match AddressApi::detect(&client).await {
-            AddressApi::EndpointSlices => {
-                let slices = || Api::<EndpointSlice>::all(client.clone());
-                streams.push(
-                    watcher(slices(), cfg().labels(PRIVATE_SLICES))
-                        .default_backoff()
-                        .map(|e| Update::PrivateSlice(Box::new(e)))
-                        .boxed(),
-                );
-                streams.push(
-                    watcher(slices(), cfg().labels(PUBLIC_SLICES))
-                        .default_backoff()
-                        .map(|e| Update::PublicSlice(Box::new(e)))
-                        .boxed(),
-                );
-            }
-            AddressApi::Endpoints => {
-                // Knative's Services (and so their Endpoints) carry the same labels.
-                let eps = || Api::<Endpoints>::all(client.clone());
-                streams.push(
-                    watcher(eps(), cfg().labels(PRIVATE_SLICES))
-                        .default_backoff()
-                        .map(|e| Update::PrivateEndpoints(Box::new(e)))
-                        .boxed(),
-                );
-                streams.push(
-                    watcher(eps(), cfg().labels(PUBLIC_SLICES))
-                        .default_backoff()
-                        .map(|e| Update::PublicEndpoints(Box::new(e)))
-                        .boxed(),
-                );
-            }
-        }
-        streams.push(
-            watcher(Api::<Service>::all(client), cfg().labels(PRIVATE_SERVICES))
-                .default_backoff()
-                .map(|e| Update::PrivateService(Box::new(e)))
-                .boxed(),
-        );
+        let api = AddressApi::detect(&client).await;
         let mut me = Self {
-            updates: select_all(streams).boxed(),
+            updates: watches(&client, api),
+            client,
+            api,
             state: State::default(),
             catalog,
             last_error: None,
@@ -224,7 +237,9 @@ impl KubeSource {
                 let Some(u) = me.updates.next().await else {
                     return;
                 };
-                me.handle(u);
+                if !me.switch_if_forbidden(&u) {
+                    me.handle(u);
+                }
             }
         })
         .await;
@@ -251,10 +266,31 @@ impl KubeSource {
                 u = self.updates.next() => u,
             };
             let Some(u) = u else { return };
+            if self.switch_if_forbidden(&u) {
+                continue;
+            }
             if self.handle(u) {
                 self.publish();
             }
         }
+    }
+
+    /// Knative's RBAC re-applied under a running pod (e.g. `serving-core.yaml`) forbids the
+    /// EndpointSlice watches: every watch restarts on Endpoints, whose re-lists replace the
+    /// slices' objects in one step, so routing does not flap. Returns whether it switched.
+    fn switch_if_forbidden(&mut self, u: &Update) -> bool {
+        if self.api != AddressApi::EndpointSlices {
+            return false;
+        }
+        let Some(api) = forbidden_slices(u) else {
+            return false;
+        };
+        tracing::info!(
+            "discovery.k8s.io EndpointSlices became forbidden; watching core/v1 Endpoints instead"
+        );
+        self.api = api;
+        self.updates = watches(&self.client, api);
+        true
     }
 
     /// Applies one update; returns whether the catalog entries changed.
@@ -296,4 +332,20 @@ impl KubeSource {
     fn publish(&self) {
         self.catalog.replace_revisions(self.state.entries().clone());
     }
+}
+
+/// `Some(Endpoints)` when `u` is an EndpointSlice watch failing with 403.
+fn forbidden_slices(u: &Update) -> Option<AddressApi> {
+    let err = match u {
+        Update::PrivateSlice(r) | Update::PublicSlice(r) => r.as_ref().as_ref().err()?,
+        _ => return None,
+    };
+    let forbidden = match err {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.is_forbidden(),
+        watcher::Error::WatchError(s) => s.is_forbidden(),
+        _ => false,
+    };
+    forbidden.then_some(AddressApi::Endpoints)
 }

@@ -16,6 +16,8 @@
 //! - [`stack`]: the request path.
 //! - [`park`]: holds a new HTTP/1 connection's first request outside hyper while it waits.
 //! - [`timeout`]: revision timeouts after the response head.
+//! - [`tls`]: system-internal TLS rules (CA pool, namespace SAN check, serving certificate);
+//!   not wired in yet.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`simulate`]: the autoscaler what-if simulator.
 //! - [`local`]: Knative Services as local processes.
@@ -47,6 +49,7 @@ pub mod split;
 pub mod stack;
 pub mod throttler;
 pub mod timeout;
+pub mod tls;
 
 use std::process::ExitCode;
 use std::sync::Arc;

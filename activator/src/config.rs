@@ -159,6 +159,9 @@ pub struct Config {
     pub configmap_names: crate::source::kube::configmaps::Names,
     /// Profiling listener (`None`: none).
     pub profiling_addr: Option<SocketAddr>,
+    /// `runtime-profiling: enabled` in a mounted `config-observability` (the API's copy, when
+    /// watched, replaces it).
+    pub profiling: bool,
 }
 
 impl Config {
@@ -187,6 +190,7 @@ impl Config {
             request_log: None,
             configmap_names: crate::source::kube::configmaps::Names::default(),
             profiling_addr: None,
+            profiling: false,
         }
     }
 }
@@ -380,6 +384,14 @@ impl TryFrom<ServeArgs> for Config {
             },
             profiling_addr: (a.profiling_port != 0)
                 .then(|| SocketAddr::from(([0, 0, 0, 0], a.profiling_port))),
+            profiling: match &a.config_observability {
+                Some(p) => {
+                    crate::configmap::read_configmap(p, &[crate::configmap::RUNTIME_PROFILING])
+                        .map(|d| crate::configmap::profiling_from_data(&d))
+                        .map_err(|e| bad("ACTIVATOR_CONFIG_OBSERVABILITY", e.to_string()))?
+                }
+                None => false,
+            },
         })
     }
 }

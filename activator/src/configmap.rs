@@ -465,6 +465,18 @@ mod tests {
     }
 
     #[test]
+    fn runtime_profiling_from_a_volume() {
+        let v = tmp("profiling");
+        let read =
+            |v: &Path| profiling_from_data(&read_configmap(v, &[RUNTIME_PROFILING]).unwrap());
+        assert!(!read(&v), "off by default");
+        std::fs::write(v.join(RUNTIME_PROFILING), "enabled").unwrap();
+        assert!(read(&v));
+        std::fs::write(v.join(RUNTIME_PROFILING), "disabled").unwrap();
+        assert!(!read(&v));
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let v = tmp("bad");
         std::fs::write(v.join(LEVEL_KEY), "loud").unwrap();

@@ -138,7 +138,7 @@ pub(crate) async fn run_observed(
     let _stop_background = background.clone().drop_guard();
     let live = Arc::new(configmap::Live::new(
         config.request_log.clone(),
-        false,
+        config.profiling,
         config.log_level.is_some(),
     ));
     let mut tracing_config = config.tracing.clone();

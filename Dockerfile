@@ -36,5 +36,26 @@ ENTRYPOINT ["/ko-app/queue-proxy"]
 FROM gcr.io/distroless/cc-debian12:nonroot AS activator
 COPY --from=build /out/activator /ko-app/activator
 USER 65532:65532
-EXPOSE 8012 8013 9090
+EXPOSE 8008 8012 8013 9090
+ENTRYPOINT ["/ko-app/activator"]
+
+# Local images from binaries built on this machine, with no registry access (e.g. podman without
+# network): FROM scratch, the binary, and the few glibc libraries it links (ld.so, libc, libm,
+# libgcc_s), which the build context must already hold. `activator/tests/image.rs` prepares such
+# a context from `ldd` and builds, runs and serves through both (docs/kubernetes.md, "Images"):
+#   <context>/bin/{queue-proxy,activator}   the binaries
+#   <context>/rootfs/                       lib64/ld-linux-*.so.2, lib/<triple>/lib{c,m,gcc_s}.so.*
+#   podman build -f Dockerfile --target queue-proxy-local <context>
+FROM scratch AS queue-proxy-local
+COPY rootfs/ /
+COPY bin/queue-proxy /ko-app/queue-proxy
+USER 65532:65532
+EXPOSE 8012 8013 8022 9090 9091
+ENTRYPOINT ["/ko-app/queue-proxy"]
+
+FROM scratch AS activator-local
+COPY rootfs/ /
+COPY bin/activator /ko-app/activator
+USER 65532:65532
+EXPOSE 8008 8012 8013 9090
 ENTRYPOINT ["/ko-app/activator"]

@@ -71,7 +71,8 @@ pub struct ServeArgs {
     #[arg(long, env = "ACTIVATOR_LOG_LEVEL")]
     pub log_level: Option<String>,
     /// Knative's `config-logging`: a mounted ConfigMap directory or a ConfigMap YAML file
-    /// (`zap-logger-config`, `loglevel.activator`), read at start-up.
+    /// (`zap-logger-config`, `loglevel.activator`), read at start-up when it exists. With the
+    /// Kubernetes source the API's copy replaces it and is watched.
     #[arg(long, env = "ACTIVATOR_CONFIG_LOGGING")]
     pub config_logging: Option<PathBuf>,
     /// Knative's `config-observability` (mounted directory or ConfigMap YAML): the
@@ -79,6 +80,20 @@ pub struct ServeArgs {
     /// `logging.enable-request-log` and `logging.request-log-template` keys, read at start-up.
     #[arg(long, env = "ACTIVATOR_CONFIG_OBSERVABILITY")]
     pub config_observability: Option<PathBuf>,
+    /// Profiling server port (Knative's 8008); it answers 404 unless `config-observability`
+    /// has `runtime-profiling: enabled`. 0 disables the listener.
+    #[arg(long, env = "PROFILING_PORT", default_value_t = shared::profiling::DEFAULT_PORT)]
+    pub profiling_port: u16,
+    /// Name of the logging ConfigMap in `SYSTEM_NAMESPACE` (Kubernetes source).
+    #[arg(long, env = "CONFIG_LOGGING_NAME", default_value = "config-logging")]
+    pub config_logging_name: String,
+    /// Name of the observability ConfigMap in `SYSTEM_NAMESPACE` (Kubernetes source).
+    #[arg(
+        long,
+        env = "CONFIG_OBSERVABILITY_NAME",
+        default_value = "config-observability"
+    )]
+    pub config_observability_name: String,
 }
 
 /// Where the control plane comes from.
@@ -144,6 +159,13 @@ pub struct Config {
     /// ingress adds and speaks h2c to `h2c` revisions whatever the client speaks. Off in a
     /// cluster, where the ingress in front does both.
     pub ingress: bool,
+    /// The ConfigMaps the Kubernetes source watches.
+    pub configmap_names: crate::source::kube::configmaps::Names,
+    /// Profiling listener (`None`: none).
+    pub profiling_addr: Option<SocketAddr>,
+    /// `runtime-profiling: enabled` in a mounted `config-observability` (the API's copy, when
+    /// watched, replaces it).
+    pub profiling: bool,
 }
 
 impl Config {
@@ -171,6 +193,9 @@ impl Config {
             tracing: None,
             request_log: None,
             ingress: false,
+            configmap_names: crate::source::kube::configmaps::Names::default(),
+            profiling_addr: None,
+            profiling: false,
         }
     }
 }
@@ -359,6 +384,20 @@ impl TryFrom<ServeArgs> for Config {
                 None => None,
             },
             ingress: false,
+            configmap_names: crate::source::kube::configmaps::Names {
+                logging: a.config_logging_name,
+                observability: a.config_observability_name,
+            },
+            profiling_addr: (a.profiling_port != 0)
+                .then(|| SocketAddr::from(([0, 0, 0, 0], a.profiling_port))),
+            profiling: match &a.config_observability {
+                Some(p) => {
+                    crate::configmap::read_configmap(p, &[crate::configmap::RUNTIME_PROFILING])
+                        .map(|d| crate::configmap::profiling_from_data(&d))
+                        .map_err(|e| bad("ACTIVATOR_CONFIG_OBSERVABILITY", e.to_string()))?
+                }
+                None => false,
+            },
         })
     }
 }
@@ -379,12 +418,13 @@ pub fn main(args: ServeArgs) -> ExitCode {
             .or(config.logging.level.as_deref()),
         config.logging.zap_logger_config.as_deref(),
     );
-    shared::telemetry::log::init(
-        shared::telemetry::log::LogFormat::Zap(shared::telemetry::log::ZapFormat {
+    // Behind a reloadable filter: `config-logging` changes apply while running.
+    crate::configmap::init_logging(
+        shared::telemetry::log::ZapFormat {
             logger: "activator".into(),
             key: None,
             pod: Some(config.pod_name.clone()),
-        }),
+        },
         level,
     );
     let rt = match runtime().enable_all().build() {
@@ -435,6 +475,9 @@ mod tests {
             log_level: None,
             config_logging: None,
             config_observability: None,
+            profiling_port: 0,
+            config_logging_name: "config-logging".into(),
+            config_observability_name: "config-observability".into(),
         }
     }
 
@@ -452,11 +495,19 @@ mod tests {
 
     #[test]
     fn config_logging_is_read_and_named_in_errors() {
+        // A volume that is not mounted is skipped (Knative's Deployment mounts none).
         let mut a = args();
         a.config_logging = Some("/nonexistent/config-logging".into());
+        assert!(Config::try_from(a).is_ok());
+        let dir = std::env::temp_dir().join(format!("act-cfg-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("loglevel.activator"), "loud").unwrap();
+        let mut a = args();
+        a.config_logging = Some(dir.clone());
         let e = Config::try_from(a).unwrap_err();
         assert_eq!(e.name, "ACTIVATOR_CONFIG_LOGGING");
-        assert!(e.to_string().contains("/nonexistent/config-logging"), "{e}");
+        assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

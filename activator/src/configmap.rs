@@ -1,14 +1,25 @@
 //! Knative's ConfigMaps for the activator: `config-logging` (`zap-logger-config` and its
-//! `level`, `loglevel.activator` winning over it) and the tracing and request-log keys of
-//! `config-observability`.
+//! `level`, `loglevel.activator` winning over it) and the tracing, request-log and
+//! `runtime-profiling` keys of `config-observability`.
 //!
-//! Knative's activator reads them through the API server (logging live, tracing at start-up); we
-//! read both once at start-up from where a Deployment can put them without API access: a mounted
-//! ConfigMap volume (a directory with one file per key) or a ConfigMap manifest (`kind:
-//! ConfigMap` YAML with `data:`). A logging change takes effect on restart (documented).
+//! With the Kubernetes source they come from the API server (a watch on the ConfigMaps of
+//! `SYSTEM_NAMESPACE`, [`crate::source::kube::configmaps`]), as in Knative: the log level, the
+//! request log and profiling apply live; tracing is read at start-up. A mounted ConfigMap volume
+//! (a directory with one file per key) or a ConfigMap manifest (`kind: ConfigMap` YAML) is read
+//! at start-up when its path is given and exists; the API's copy replaces it once read.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use shared::telemetry::log::ZapFormat;
+use shared::telemetry::reqlog::Template;
+use tokio::sync::watch;
+use tracing::Level;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{Registry, reload};
 
 /// The keys of `config-logging` the activator uses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -42,6 +53,10 @@ pub fn read_configmap(
         path: path.display().to_string(),
         reason,
     };
+    // A volume that is not mounted (Knative's own Deployment mounts none) is simply absent.
+    if !path.exists() {
+        return Ok(BTreeMap::new());
+    }
     if path.is_dir() {
         let mut m = BTreeMap::new();
         for key in keys {
@@ -68,6 +83,26 @@ pub fn read_configmap(
     Ok(data)
 }
 
+/// The tracing keys of `config-observability`.
+pub const TRACING_KEYS: &[&str] = &[
+    "tracing-protocol",
+    "tracing-endpoint",
+    "tracing-sampling-rate",
+];
+/// `logging.enable-request-log`.
+pub const ENABLE_REQUEST_LOG: &str = "logging.enable-request-log";
+/// `logging.request-log-template`.
+pub const REQUEST_LOG_TEMPLATE: &str = "logging.request-log-template";
+/// `runtime-profiling` (`enabled` turns the profiling server on).
+pub const RUNTIME_PROFILING: &str = "runtime-profiling";
+
+fn path_err(path: &Path) -> impl Fn(String) -> LoggingConfigError + '_ {
+    move |reason| LoggingConfigError {
+        path: path.display().to_string(),
+        reason,
+    }
+}
+
 /// Knative's `config-observability` tracing keys (`tracing-protocol`, `tracing-endpoint`,
 /// `tracing-sampling-rate`), read at start-up like Knative's activator.
 ///
@@ -77,18 +112,16 @@ pub fn read_configmap(
 pub fn read_tracing(
     path: &Path,
 ) -> Result<Option<shared::telemetry::otlp::ExportConfig>, LoggingConfigError> {
-    let err = |reason: String| LoggingConfigError {
-        path: path.display().to_string(),
-        reason,
-    };
-    let data = read_configmap(
-        path,
-        &[
-            "tracing-protocol",
-            "tracing-endpoint",
-            "tracing-sampling-rate",
-        ],
-    )?;
+    tracing_from_data(&read_configmap(path, TRACING_KEYS)?).map_err(path_err(path))
+}
+
+/// [`read_tracing`] from a ConfigMap's data.
+///
+/// # Errors
+/// A bad key; the message names it.
+pub fn tracing_from_data(
+    data: &BTreeMap<String, String>,
+) -> Result<Option<shared::telemetry::otlp::ExportConfig>, String> {
     let get = |k: &str| {
         data.get(k)
             .map(|v| v.trim().to_owned())
@@ -98,7 +131,7 @@ pub fn read_tracing(
         None => 0.0,
         Some(r) => r
             .parse::<f64>()
-            .map_err(|_| err(format!("tracing-sampling-rate: {r:?} is not a number")))?,
+            .map_err(|_| format!("tracing-sampling-rate: {r:?} is not a number"))?,
     };
     shared::telemetry::otlp::ExportConfig::from_knative(
         get("tracing-protocol").as_deref().unwrap_or(""),
@@ -113,7 +146,7 @@ pub fn read_tracing(
             c
         })
     })
-    .map_err(|e| err(format!("tracing-*: {e}")))
+    .map_err(|e| format!("tracing-*: {e}"))
 }
 
 /// `config-observability`'s request-log keys: the parsed template when
@@ -123,34 +156,45 @@ pub fn read_tracing(
 /// # Errors
 /// Enabled with an empty template (Knative's validation rejects it too), or a template with an
 /// action we do not support; the message names the key.
-pub fn read_request_log(
-    path: &Path,
-) -> Result<Option<shared::telemetry::reqlog::Template>, LoggingConfigError> {
-    const ENABLE: &str = "logging.enable-request-log";
-    const TEMPLATE: &str = "logging.request-log-template";
-    let err = |reason: String| LoggingConfigError {
-        path: path.display().to_string(),
-        reason,
-    };
-    let data = read_configmap(path, &[ENABLE, TEMPLATE])?;
-    let enabled = match data.get(ENABLE).map(|v| v.trim()) {
+pub fn read_request_log(path: &Path) -> Result<Option<Template>, LoggingConfigError> {
+    request_log_from_data(&read_configmap(
+        path,
+        &[ENABLE_REQUEST_LOG, REQUEST_LOG_TEMPLATE],
+    )?)
+    .map_err(path_err(path))
+}
+
+/// [`read_request_log`] from a ConfigMap's data.
+///
+/// # Errors
+/// As [`read_request_log`].
+pub fn request_log_from_data(data: &BTreeMap<String, String>) -> Result<Option<Template>, String> {
+    let enabled = match data.get(ENABLE_REQUEST_LOG).map(|v| v.trim()) {
         None | Some("") => false,
         Some(v) => v
             .parse::<bool>()
-            .map_err(|_| err(format!("{ENABLE}: {v:?} is not true or false")))?,
+            .map_err(|_| format!("{ENABLE_REQUEST_LOG}: {v:?} is not true or false"))?,
     };
     if !enabled {
         return Ok(None);
     }
     let template = data
-        .get(TEMPLATE)
+        .get(REQUEST_LOG_TEMPLATE)
         .map_or(shared::telemetry::reqlog::DEFAULT_TEMPLATE, String::as_str);
     if template.trim().is_empty() {
-        return Err(err(format!("{TEMPLATE}: empty, but {ENABLE} is \"true\"")));
+        return Err(format!(
+            "{REQUEST_LOG_TEMPLATE}: empty, but {ENABLE_REQUEST_LOG} is \"true\""
+        ));
     }
-    shared::telemetry::reqlog::Template::parse(template)
+    Template::parse(template)
         .map(Some)
-        .map_err(|e| err(format!("{TEMPLATE}: {e}")))
+        .map_err(|e| format!("{REQUEST_LOG_TEMPLATE}: {e}"))
+}
+
+/// `runtime-profiling: enabled` (Knative's only accepted "on" value; anything else is off).
+pub fn profiling_from_data(data: &BTreeMap<String, String>) -> bool {
+    data.get(RUNTIME_PROFILING)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("enabled"))
 }
 
 const ZAP_KEY: &str = "zap-logger-config";
@@ -166,18 +210,21 @@ impl LoggingConfig {
     /// An unreadable path, YAML that is not a ConfigMap, invalid zap JSON, or an unknown level;
     /// the message names the path and the key.
     pub fn read(path: &Path) -> Result<Self, LoggingConfigError> {
-        let err = |reason: String| LoggingConfigError {
-            path: path.display().to_string(),
-            reason,
-        };
-        let data = read_configmap(path, &[ZAP_KEY, LEVEL_KEY]).map_err(|e| err(e.reason))?;
+        Self::from_data(&read_configmap(path, &[ZAP_KEY, LEVEL_KEY])?).map_err(path_err(path))
+    }
+
+    /// From a ConfigMap's data.
+    ///
+    /// # Errors
+    /// Invalid zap JSON or an unknown level; the message names the key.
+    pub fn from_data(data: &BTreeMap<String, String>) -> Result<Self, String> {
         let zap = data
             .get(ZAP_KEY)
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty());
         if let Some(z) = &zap {
             serde_json::from_str::<serde_json::Value>(z)
-                .map_err(|e| err(format!("{ZAP_KEY}: invalid JSON: {e}")))?;
+                .map_err(|e| format!("{ZAP_KEY}: invalid JSON: {e}"))?;
         }
         let level = data
             .get(LEVEL_KEY)
@@ -186,15 +233,141 @@ impl LoggingConfig {
         if let Some(l) = &level
             && shared::telemetry::log::parse_level(l).is_none()
         {
-            return Err(err(format!(
+            return Err(format!(
                 "{LEVEL_KEY}: unknown level {l:?} (accepted: {})",
                 LEVELS.join(", ")
-            )));
+            ));
         }
         Ok(Self {
             zap_logger_config: zap,
             level,
         })
+    }
+
+    /// The level these keys give (`loglevel.activator`, else zap's `level`, else info).
+    pub fn level(&self) -> Level {
+        shared::telemetry::log::resolve_level(
+            self.level.as_deref(),
+            self.zap_logger_config.as_deref(),
+        )
+    }
+}
+
+// === live settings ===
+
+/// The global log filter's handle, set by [`init_logging`].
+static LEVEL: OnceLock<reload::Handle<LevelFilter, Registry>> = OnceLock::new();
+
+/// Installs the global subscriber: Knative's zap JSON lines on stdout, behind a level filter
+/// that [`set_level`] changes while running. Returns false if a subscriber was already set.
+pub fn init_logging(format: ZapFormat, level: Level) -> bool {
+    let (filter, handle) = reload::Layer::new(LevelFilter::from_level(level));
+    let fmt = tracing_subscriber::fmt::layer()
+        .event_format(format)
+        .with_writer(std::io::stdout);
+    let ok = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .is_ok();
+    if ok {
+        let _ = LEVEL.set(handle);
+    }
+    ok
+}
+
+/// Changes the level of the subscriber [`init_logging`] installed; false without one.
+pub fn set_level(level: Level) -> bool {
+    LEVEL
+        .get()
+        .is_some_and(|h| h.reload(LevelFilter::from_level(level)).is_ok())
+}
+
+/// The request-log template in force; `None` = off. Read per request.
+pub type RequestLogRx = watch::Receiver<Option<Arc<Template>>>;
+
+/// The settings `config-logging` and `config-observability` change while the activator runs.
+#[derive(Debug)]
+pub struct Live {
+    /// The request-log template ([`request_log_from_data`]).
+    pub request_log: watch::Sender<Option<Arc<Template>>>,
+    /// `runtime-profiling: enabled`.
+    pub profiling: watch::Sender<bool>,
+    /// `ACTIVATOR_LOG_LEVEL` was given: it wins over `config-logging`, which is then not applied.
+    pub level_pinned: bool,
+    /// The template source in force (`None` = off), to tell a real change from a re-list.
+    request_log_source: std::sync::Mutex<Option<String>>,
+}
+
+impl Live {
+    /// Initial values (from the start-up configuration).
+    pub fn new(request_log: Option<Template>, profiling: bool, level_pinned: bool) -> Self {
+        Self {
+            // A source no ConfigMap has: the first one seen always applies.
+            request_log_source: std::sync::Mutex::new(
+                request_log.is_some().then(|| "\0start-up".to_owned()),
+            ),
+            request_log: watch::Sender::new(request_log.map(Arc::new)),
+            profiling: watch::Sender::new(profiling),
+            level_pinned,
+        }
+    }
+
+    /// Applies a `config-logging` ConfigMap; a bad one is logged and the old level kept (as
+    /// Knative rejects an invalid config).
+    pub fn apply_logging(&self, data: &BTreeMap<String, String>) {
+        match LoggingConfig::from_data(data) {
+            Ok(c) if !self.level_pinned => {
+                let level = c.level();
+                if set_level(level) {
+                    tracing::info!(level = %level, "config-logging applied");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "config-logging rejected; keeping the current level")
+            }
+        }
+    }
+
+    /// Applies a `config-observability` ConfigMap's live keys (request log, profiling).
+    pub fn apply_observability(&self, data: &BTreeMap<String, String>) {
+        match request_log_from_data(data) {
+            Ok(t) => {
+                // Templates are compared by their source: an unrelated key's update is no change.
+                let source = t.is_some().then(|| {
+                    data.get(REQUEST_LOG_TEMPLATE).map_or_else(
+                        || shared::telemetry::reqlog::DEFAULT_TEMPLATE.to_owned(),
+                        Clone::clone,
+                    )
+                });
+                let mut last = self
+                    .request_log_source
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if *last != source {
+                    *last = source;
+                    tracing::info!(
+                        enabled = t.is_some(),
+                        "request log updated from config-observability"
+                    );
+                    self.request_log.send_replace(t.map(Arc::new));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "config-observability request log rejected; keeping the current one")
+            }
+        }
+        let profiling = profiling_from_data(data);
+        if self
+            .profiling
+            .send_if_modified(|cur| std::mem::replace(cur, profiling) != profiling)
+        {
+            tracing::info!(
+                enabled = profiling,
+                "runtime-profiling updated from config-observability"
+            );
+        }
     }
 }
 
@@ -292,6 +465,18 @@ mod tests {
     }
 
     #[test]
+    fn runtime_profiling_from_a_volume() {
+        let v = tmp("profiling");
+        let read =
+            |v: &Path| profiling_from_data(&read_configmap(v, &[RUNTIME_PROFILING]).unwrap());
+        assert!(!read(&v), "off by default");
+        std::fs::write(v.join(RUNTIME_PROFILING), "enabled").unwrap();
+        assert!(read(&v));
+        std::fs::write(v.join(RUNTIME_PROFILING), "disabled").unwrap();
+        assert!(!read(&v));
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let v = tmp("bad");
         std::fs::write(v.join(LEVEL_KEY), "loud").unwrap();
@@ -301,9 +486,10 @@ mod tests {
         std::fs::write(v.join(ZAP_KEY), "{").unwrap();
         let e = LoggingConfig::read(&v).unwrap_err().to_string();
         assert!(e.contains(ZAP_KEY), "{e}");
-        let e = LoggingConfig::read(&v.join("missing.yaml"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("missing.yaml"), "{e}");
+        // A path that does not exist is an unmounted volume: nothing set.
+        assert_eq!(
+            LoggingConfig::read(&v.join("missing.yaml")).unwrap(),
+            LoggingConfig::default()
+        );
     }
 }

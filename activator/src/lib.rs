@@ -16,6 +16,8 @@
 //! - [`stack`]: the request path.
 //! - [`park`]: holds a new HTTP/1 connection's first request outside hyper while it waits.
 //! - [`timeout`]: revision timeouts after the response head.
+//! - [`tls`]: system-internal TLS rules (CA pool, namespace SAN check, serving certificate);
+//!   not wired in yet.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`simulate`]: the autoscaler what-if simulator.
 //! - [`local`]: Knative Services as local processes.
@@ -47,6 +49,7 @@ pub mod split;
 pub mod stack;
 pub mod throttler;
 pub mod timeout;
+pub mod tls;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -133,6 +136,12 @@ pub(crate) async fn run_observed(
 ) -> Result<(), RunError> {
     let background = CancellationToken::new();
     let _stop_background = background.clone().drop_guard();
+    let live = Arc::new(configmap::Live::new(
+        config.request_log.clone(),
+        config.profiling,
+        config.log_level.is_some(),
+    ));
+    let mut tracing_config = config.tracing.clone();
     match &config.source {
         Some(SourceSpec::File(path)) => {
             let src = source::file::FileSource::start(path.clone(), catalog.clone())?;
@@ -143,6 +152,22 @@ pub(crate) async fn run_observed(
             source::kube::network::load(client.clone(), &config.system_namespace)
                 .await?
                 .check()?;
+            let (cms, initial) = source::kube::configmaps::ConfigMapSource::start(
+                client.clone(),
+                &config.system_namespace,
+                config.configmap_names.clone(),
+                Arc::clone(&live),
+                source::kube::SYNC_TIMEOUT,
+            )
+            .await?;
+            // Tracing is read at start-up (as Knative); the API's copy wins over a volume.
+            if let Some(data) = &initial.observability {
+                match configmap::tracing_from_data(data) {
+                    Ok(t) => tracing_config = t,
+                    Err(e) => tracing::error!(error = %e, "config-observability tracing rejected"),
+                }
+            }
+            tokio::spawn(cms.run(background.clone()));
             let src = source::kube::KubeSource::start(
                 client,
                 catalog.clone(),
@@ -154,6 +179,14 @@ pub(crate) async fn run_observed(
         None => {}
     }
     tokio::spawn(shared::memory::run(background.clone()));
+    if let Some(addr) = config.profiling_addr {
+        // Always listening, 404 until `runtime-profiling: enabled` (Knative's activator).
+        tokio::spawn(shared::profiling::run(
+            addr,
+            live.profiling.subscribe(),
+            background.clone(),
+        ));
+    }
     let mut registry = Registry::default();
     let conn = match &stats_sink {
         StatsSink::Websocket(ws) => ws.metrics().clone(),
@@ -207,13 +240,10 @@ pub(crate) async fn run_observed(
         metrics,
         catalog: catalog.subscribe(),
         applied,
-        tracer: config
-            .tracing
-            .clone()
-            .map_or_else(shared::telemetry::otlp::Tracer::disabled, |t| {
-                shared::telemetry::otlp::Tracer::start(t, background.clone())
-            }),
-        request_log: config.request_log.clone().map(Arc::new),
+        tracer: tracing_config.map_or_else(shared::telemetry::otlp::Tracer::disabled, |t| {
+            shared::telemetry::otlp::Tracer::start(t, background.clone())
+        }),
+        request_log: live.request_log.subscribe(),
         ingress: config.ingress,
     });
     let stop_accepting = CancellationToken::new();

@@ -143,6 +143,9 @@ async fn ws_loop(
     const PING: Duration = Duration::from_millis(3333);
     const READ_DEADLINE: Duration = Duration::from_secs(10);
     let mut backoff = INITIAL;
+    // The first failure of each outage is a warning (the autoscaler never hears from us, so
+    // scale-from-zero stalls); the retries that follow are debug, to keep logs quiet.
+    let mut outage_logged = false;
     loop {
         let connect = tokio::time::timeout(
             Duration::from_secs(3),
@@ -155,7 +158,12 @@ async fn ws_loop(
         let ws = match ws {
             Ok(Ok((ws, _))) => ws,
             Ok(Err(error)) => {
-                tracing::debug!(error = %error, url = %url, "autoscaler connect failed");
+                if outage_logged {
+                    tracing::debug!(error = %error, url = %url, "autoscaler connect failed");
+                } else {
+                    tracing::warn!(error = %error, url = %url, "autoscaler connect failed; stats are not delivered until it succeeds (retrying)");
+                    outage_logged = true;
+                }
                 let jitter = 1.0 + rand::random::<f64>() * 0.5;
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -165,12 +173,18 @@ async fn ws_loop(
                 continue;
             }
             Err(_) => {
-                tracing::debug!(url = %url, "autoscaler connect timed out");
+                if outage_logged {
+                    tracing::debug!(url = %url, "autoscaler connect timed out");
+                } else {
+                    tracing::warn!(url = %url, "autoscaler connect timed out; stats are not delivered until it succeeds (retrying)");
+                    outage_logged = true;
+                }
                 continue;
             }
         };
         tracing::info!(url = %url, "connected to the autoscaler");
         backoff = INITIAL;
+        outage_logged = false;
         // Stale batches from before the connection are not sent (they were dropped in Knative).
         while rx.try_recv().is_ok() {}
         connected.store(true, Ordering::Release);

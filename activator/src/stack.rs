@@ -120,7 +120,7 @@ pub struct Handler {
     /// Span recording (disabled unless `config-observability` sets `tracing-protocol`).
     pub tracer: shared::telemetry::otlp::Tracer,
     /// Request log (`config-observability`'s `logging.enable-request-log`); `None` = off.
-    pub request_log: Option<Arc<shared::telemetry::reqlog::Template>>,
+    pub request_log: crate::configmap::RequestLogRx,
     /// Also the ingress (`activator local`): see [`crate::proxy::as_ingress`].
     pub ingress: bool,
 }
@@ -447,19 +447,20 @@ async fn resolve(h: Arc<Handler>, inner: Next, mut req: Request<Incoming>) -> Re
 
 /// Stage 4b: the request log, when enabled; the line is written when the response ends.
 fn reqlog_layer(
-    template: Option<Arc<shared::telemetry::reqlog::Template>>,
+    template: crate::configmap::RequestLogRx,
 ) -> impl tower::Layer<Next, Service = Next> + Clone {
     tower::layer::layer_fn(move |inner: Next| {
-        let Some(template) = template.clone() else {
-            return inner;
-        };
+        let template = template.clone();
         stage(inner, move |inner, req: Request<Incoming>| {
+            // Read per request: `config-observability` turns the log on and off live.
+            let template = template.borrow().clone();
             let start = req
                 .extensions()
                 .get::<Parked>()
                 .map_or_else(Instant::now, Parked::arrived);
-            let line = throttler_of(&req)
-                .map(|t| crate::reqlog::Line::start(Arc::clone(&template), &req, &t, start));
+            let line = template.and_then(|template| {
+                throttler_of(&req).map(|t| crate::reqlog::Line::start(template, &req, &t, start))
+            });
             let fut = call(inner, req);
             async move {
                 let resp = fut.await;

@@ -30,6 +30,15 @@ const DEADLINE: Duration = Duration::from_secs(30);
 const REVISIONS: &str = "/apis/serving.knative.dev/v1/revisions";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const SERVICES: &str = "/api/v1/services";
+const ENDPOINTS: &str = "/api/v1/endpoints";
+const CONFIGMAPS: &str = "/api/v1/namespaces/knative-serving/configmaps";
+
+/// A ConfigMap in knative-serving.
+fn configmap(name: &str, rv: &str, data: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"namespace": "knative-serving", "name": name, "resourceVersion": rv},
+        "data": data})
+}
 
 /// What the fake sends on a watch stream.
 enum Msg {
@@ -55,16 +64,40 @@ struct FakeApi {
     /// Single objects served to a plain GET of their path.
     objects: HashMap<String, Value>,
     seen: Mutex<Vec<Seen>>,
+    /// Answer 403 to everything Knative's activator RBAC does not grant (a Role on configmaps
+    /// and secrets in knative-serving; a ClusterRole on services, endpoints and revisions).
+    upstream_rbac: std::sync::atomic::AtomicBool,
+}
+
+/// Whether Knative's `knative-serving-activator` Role and `knative-serving-activator-cluster`
+/// ClusterRole (config/core/200-roles/activator.yaml) let the activator read `path`.
+fn upstream_rbac_allows(path: &str) -> bool {
+    [REVISIONS, SERVICES, ENDPOINTS].contains(&path)
+        || path.starts_with("/api/v1/namespaces/knative-serving/configmaps")
+        || path.starts_with("/api/v1/namespaces/knative-serving/secrets")
+}
+
+/// The API server's answer to a request RBAC denies.
+fn forbidden(path: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("{path} is forbidden: User \"system:serviceaccount:knative-serving:activator\" cannot list it"),
+        "reason": "Forbidden", "details": {}, "code": 403})
 }
 
 impl FakeApi {
     fn add_config_network(&mut self, data: Value) {
-        self.objects.insert(
-            "/api/v1/namespaces/knative-serving/configmaps/config-network".into(),
-            json!({"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"namespace": "knative-serving", "name": "config-network", "resourceVersion": "1"},
-                "data": data}),
-        );
+        self.add_system_configmaps(data, vec![]);
+    }
+
+    /// `config-network` (served to its GET) and the namespace's ConfigMap list and watch,
+    /// holding it and `others`.
+    fn add_system_configmaps(&mut self, network: Value, others: Vec<Value>) {
+        let cm = configmap("config-network", "1", network);
+        self.objects
+            .insert(format!("{CONFIGMAPS}/config-network"), cm.clone());
+        let mut items = vec![cm];
+        items.extend(others);
+        self.add(CONFIGMAPS, "", "5", items);
     }
 
     fn add(&mut self, path: &str, selector: &str, rv: &str, items: Vec<Value>) {
@@ -169,6 +202,9 @@ async fn handle(api: Arc<FakeApi>, req: Request<Incoming>) -> Result<Response<Bo
         .lock()
         .unwrap()
         .push((path.clone(), selector.clone(), watch, rv));
+    if api.upstream_rbac.load(std::sync::atomic::Ordering::SeqCst) && !upstream_rbac_allows(&path) {
+        return Ok(full(StatusCode::FORBIDDEN, &forbidden(&path)));
+    }
     if let Some(obj) = api.objects.get(&path) {
         return Ok(full(StatusCode::OK, obj));
     }
@@ -291,6 +327,82 @@ fn service(rev: &str, rv: &str, ip: &str) -> Value {
         "spec": {"clusterIP": ip, "type": "ClusterIP", "ports": [
             {"name": "http", "port": 80, "targetPort": 8012, "protocol": "TCP"},
             {"name": "http2", "port": 81, "targetPort": 8013, "protocol": "TCP"}]}
+    })
+}
+
+/// The labels Knative puts on a revision's ServerlessService objects (the private and public
+/// Services, hence their Endpoints): the revision's labels plus the SKS name and service type.
+fn sks_labels(rev: &str, kind: &str) -> Value {
+    json!({
+        "app": rev,
+        "serving.knative.dev/configuration": "hello",
+        "serving.knative.dev/configurationGeneration": "1",
+        "serving.knative.dev/configurationUID": "5c0d6a1e",
+        "serving.knative.dev/revision": rev,
+        "serving.knative.dev/revisionUID": "0b7d4a8e",
+        "serving.knative.dev/service": "hello",
+        "serving.knative.dev/serviceUID": "9e1f2c3d",
+        "networking.internal.knative.dev/serverlessservice": rev,
+        "networking.internal.knative.dev/serviceType": kind,
+    })
+}
+
+/// core/v1 Endpoints of `rev`'s private Service as the Endpoints controller writes them: one
+/// subset with every port of the Service (named as on the Service, numbered as the target),
+/// ready pods in `addresses`, unready ones in `notReadyAddresses`.
+fn private_endpoints(
+    rev: &str,
+    rv: &str,
+    port: (&str, i32),
+    ready: &[&str],
+    not_ready: &[&str],
+) -> Value {
+    let addr = |ip: &&str| {
+        json!({"ip": ip, "nodeName": "node-1",
+            "targetRef": {"kind": "Pod", "namespace": "ns", "name": format!("{rev}-deployment-{ip}"),
+                "uid": "7d9c0b1a"}})
+    };
+    let mut subset = json!({"ports": [
+        {"name": port.0, "port": port.1, "protocol": "TCP"},
+        {"name": "https", "port": 8112, "protocol": "TCP"},
+        {"name": "http-autometric", "port": 9090, "protocol": "TCP"},
+        {"name": "http-usermetric", "port": 9091, "protocol": "TCP"},
+        {"name": "http-queueadm", "port": 8022, "protocol": "TCP"}]});
+    if !ready.is_empty() {
+        subset["addresses"] = ready.iter().map(addr).collect();
+    }
+    if !not_ready.is_empty() {
+        subset["notReadyAddresses"] = not_ready.iter().map(addr).collect();
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"namespace": "ns", "name": format!("{rev}-private"), "resourceVersion": rv,
+            "labels": sks_labels(rev, "Private")},
+        "subsets": [subset]
+    })
+}
+
+/// core/v1 Endpoints of `rev`'s public Service as Knative's SKS reconciler writes them in proxy
+/// mode (`MakePublicEndpoints`): named as the revision, the activators' addresses, ports
+/// filtered to the serving port and 8112.
+fn public_endpoints(rev: &str, rv: &str, activators: &[&str]) -> Value {
+    let addrs: Vec<Value> = activators
+        .iter()
+        .map(|ip| {
+            json!({"ip": ip, "targetRef": {"kind": "Pod", "namespace": "knative-serving",
+            "name": format!("activator-{ip}")}})
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"namespace": "ns", "name": rev, "resourceVersion": rv,
+            "labels": sks_labels(rev, "Public"),
+            "ownerReferences": [{"apiVersion": "networking.internal.knative.dev/v1alpha1",
+                "kind": "ServerlessService", "name": rev, "uid": "1a2b3c4d", "controller": true,
+                "blockOwnerDeletion": true}]},
+        "subsets": [{"addresses": addrs, "ports": [
+            {"name": "http", "port": 8012, "protocol": "TCP"},
+            {"name": "https", "port": 8112, "protocol": "TCP"}]}]
     })
 }
 
@@ -596,6 +708,121 @@ async fn watches_feed_the_catalog_through_restarts_bookmarks_gone_and_deletions(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_are_watched_when_endpointslices_are_forbidden() {
+    // Knative's RBAC: EndpointSlices are 403, core/v1 Endpoints are allowed. The EndpointSlice
+    // lists are registered too, so only the 403 (not a 404) can steer the source away.
+    let mut api = FakeApi {
+        upstream_rbac: true.into(),
+        ..FakeApi::default()
+    };
+    api.add(
+        REVISIONS,
+        "",
+        "10",
+        vec![
+            revision("hello-00001", "9", 2, "user-port"),
+            revision("grpc-00001", "9", 0, "h2c"),
+        ],
+    );
+    api.add(SLICES, PRIVATE_SLICES, "10", vec![]);
+    api.add(SLICES, PUBLIC_SLICES, "10", vec![]);
+    api.add(
+        ENDPOINTS,
+        PRIVATE_SLICES,
+        "20",
+        vec![
+            private_endpoints(
+                "hello-00001",
+                "19",
+                ("http", 8012),
+                &["10.1.0.1"],
+                &["10.1.0.2"],
+            ),
+            private_endpoints("grpc-00001", "19", ("http2", 8013), &["10.1.1.1"], &[]),
+        ],
+    );
+    api.add(
+        ENDPOINTS,
+        PUBLIC_SLICES,
+        "20",
+        vec![public_endpoints(
+            "hello-00001",
+            "19",
+            &["10.2.0.3", "10.2.0.20"],
+        )],
+    );
+    api.add(
+        SERVICES,
+        PRIVATE_SERVICES,
+        "30",
+        vec![service("hello-00001", "29", "10.96.0.10")],
+    );
+    let api = Arc::new(api);
+    let stop = CancellationToken::new();
+    let url = serve(Arc::clone(&api), stop.clone()).await;
+    let catalog = Catalog::new();
+    let src = KubeSource::start(client(&url), catalog.clone(), DEADLINE)
+        .await
+        .expect("syncs from Endpoints");
+    let snap = catalog.snapshot();
+    let hello = entry(&snap, "hello-00001").expect("hello");
+    assert_eq!(hello.endpoints.ready, ["10.1.0.1:8012"]);
+    assert_eq!(hello.endpoints.not_ready, ["10.1.0.2:8012"]);
+    assert_eq!(hello.endpoints.cluster_ip.as_deref(), Some("10.96.0.10:80"));
+    assert_eq!(
+        hello.activators.as_deref(),
+        Some(&["10.2.0.20".to_owned(), "10.2.0.3".to_owned()][..])
+    );
+    let grpc = entry(&snap, "grpc-00001").expect("grpc");
+    assert_eq!(grpc.endpoints.ready, ["10.1.1.1:8013"]);
+    assert!(
+        api.watch_versions(SLICES, PRIVATE_SLICES).is_empty(),
+        "no EndpointSlice watch after the 403"
+    );
+
+    // The Endpoints watch is followed: the unready pod turns ready, the public set shrinks.
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(src.run(shutdown.clone()));
+    api.send(
+        ENDPOINTS,
+        PRIVATE_SLICES,
+        event(
+            "MODIFIED",
+            private_endpoints(
+                "hello-00001",
+                "21",
+                ("http", 8012),
+                &["10.1.0.1", "10.1.0.2"],
+                &[],
+            ),
+        ),
+    )
+    .await;
+    api.send(
+        ENDPOINTS,
+        PUBLIC_SLICES,
+        event(
+            "MODIFIED",
+            public_endpoints("hello-00001", "22", &["10.2.0.3"]),
+        ),
+    )
+    .await;
+    wait_for(&catalog, "Endpoints updates", |s| {
+        entry(s, "hello-00001").is_some_and(|e| {
+            e.endpoints.ready == ["10.1.0.1:8012", "10.1.0.2:8012"]
+                && e.activators.as_deref() == Some(&["10.2.0.3".to_owned()][..])
+        })
+    })
+    .await;
+    shutdown.cancel();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .expect("stops")
+        .expect("no panic");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_fails_naming_the_watch_that_cannot_list() {
     // Revisions are served; the EndpointSlice and Service lists 404 (as without RBAC or CRDs
     // they would fail): start() gives up after its deadline with the last error.
@@ -688,6 +915,133 @@ async fn get_revision(port: u16) -> Option<(StatusCode, String)> {
     Some((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// Starts the real binary with only Knative's env and a kubeconfig for the fake API server.
+fn spawn_activator(kubeconfig: &std::path::Path, port: u16) -> tokio::process::Child {
+    activator_command(kubeconfig, port)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The binary's stdout lines, collected as they come.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn follow(child: &mut tokio::process::Child) -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+        let me = Self::default();
+        let out = child.stdout.take().expect("piped stdout");
+        let lines = me.clone();
+        tokio::spawn(async move {
+            let mut r = tokio::io::BufReader::new(out).lines();
+            while let Ok(Some(l)) = r.next_line().await {
+                lines.0.lock().unwrap().push(l);
+            }
+        });
+        me
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    fn dump(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+}
+
+/// Retries `probe` until `found` holds (or [`DEADLINE`]).
+async fn eventually<F: std::future::Future<Output = ()>>(
+    what: &str,
+    lines: &Lines,
+    mut probe: impl FnMut() -> F,
+    found: impl Fn() -> bool,
+) {
+    let ok = tokio::time::timeout(DEADLINE, async {
+        loop {
+            probe().await;
+            if found() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        ok.is_ok(),
+        "timed out waiting for {what}; logs:\n{}",
+        lines.dump()
+    );
+}
+
+/// A request the shared server answers 400 with a debug-level log line.
+async fn malformed_request(port: u16) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+        let _ = s
+            .write_all(b"CONNECT example.com:80 HTTP/1.0\r\n\r\n")
+            .await;
+        let mut buf = [0u8; 256];
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+    }
+}
+
+fn activator_command(kubeconfig: &std::path::Path, port: u16) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_activator"));
+    c.env_clear()
+        .env("POD_NAME", "activator-0")
+        .env("POD_IP", "10.2.0.3")
+        .env("SYSTEM_NAMESPACE", "knative-serving")
+        .env("KUBECONFIG", kubeconfig)
+        .args(["--stats-sink", "none", "--metrics-addr", "none"])
+        .args(["--http1-addr", &format!("127.0.0.1:{port}")])
+        .args(["--h2c-addr", &format!("127.0.0.1:{}", free_port())])
+        // Knative's 8008 is left alone in tests (the profiling test sets its own port).
+        .env("PROFILING_PORT", "0")
+        .kill_on_drop(true);
+    c
+}
+
+/// Routes a request for `ns/hello-00001` through the binary to the fake pod, then deletes the
+/// Revision and waits for the 404.
+async fn routes_then_forgets(api: &FakeApi, port: u16) {
+    let served = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(r) = get_revision(port).await {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("activator answers");
+    assert_eq!(served, (StatusCode::OK, "hello from the pod".to_owned()));
+
+    // The binary follows the watch: a deleted Revision is 404 for new requests.
+    api.send(
+        REVISIONS,
+        "",
+        event("DELETED", revision("hello-00001", "11", 1, "user-port")),
+    )
+    .await;
+    let gone = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some((StatusCode::NOT_FOUND, _)) = get_revision(port).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "revision still served after DELETED");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_revisions_from_the_api_server_by_default() {
     let stop = CancellationToken::new();
@@ -720,50 +1074,51 @@ async fn the_binary_serves_revisions_from_the_api_server_by_default() {
 
     let (dir, kubeconfig) = kubeconfig("serves", &url);
     let port = free_port();
-    // No --source: Knative's manifests set none, so the Kubernetes source is the default.
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_activator"))
-        .env_clear()
-        .env("POD_NAME", "activator-0")
-        .env("POD_IP", "10.2.0.3")
-        .env("SYSTEM_NAMESPACE", "knative-serving")
-        .env("KUBECONFIG", &kubeconfig)
-        .args(["--stats-sink", "none", "--metrics-addr", "none"])
-        .args(["--http1-addr", &format!("127.0.0.1:{port}")])
-        .args(["--h2c-addr", &format!("127.0.0.1:{}", free_port())])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_activator(&kubeconfig, port);
+    routes_then_forgets(&api, port).await;
+    child.kill().await.unwrap();
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
-    let served = tokio::time::timeout(DEADLINE, async {
-        loop {
-            if let Some(r) = get_revision(port).await {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("activator answers");
-    assert_eq!(served, (StatusCode::OK, "hello from the pod".to_owned()));
-
-    // The binary follows the watch: a deleted Revision is 404 for new requests.
-    api.send(
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_routes_with_knatives_own_rbac_and_endpoints() {
+    // Only the image swapped: Knative's Role and ClusterRole, so every EndpointSlice request is
+    // 403 and the pod addresses come from the Endpoints objects Kubernetes writes.
+    let stop = CancellationToken::new();
+    let pod = fake_pod(stop.clone()).await;
+    let mut api = FakeApi {
+        upstream_rbac: true.into(),
+        ..FakeApi::default()
+    };
+    api.add(
         REVISIONS,
         "",
-        event("DELETED", revision("hello-00001", "11", 1, "user-port")),
-    )
-    .await;
-    let gone = tokio::time::timeout(DEADLINE, async {
-        loop {
-            if let Some((StatusCode::NOT_FOUND, _)) = get_revision(port).await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(gone.is_ok(), "revision still served after DELETED");
+        "10",
+        vec![revision("hello-00001", "9", 1, "user-port")],
+    );
+    api.add(
+        ENDPOINTS,
+        PRIVATE_SLICES,
+        "10",
+        vec![private_endpoints(
+            "hello-00001",
+            "9",
+            ("http", i32::from(pod.port())),
+            &["127.0.0.1"],
+            &[],
+        )],
+    );
+    api.add(ENDPOINTS, PUBLIC_SLICES, "10", vec![]);
+    api.add(SERVICES, PRIVATE_SERVICES, "10", vec![]);
+    api.add_config_network(json!({}));
+    let api = Arc::new(api);
+    let url = serve(Arc::clone(&api), stop.clone()).await;
+
+    let (dir, kubeconfig) = kubeconfig("upstream-rbac", &url);
+    let port = free_port();
+    let mut child = spawn_activator(&kubeconfig, port);
+    routes_then_forgets(&api, port).await;
     child.kill().await.unwrap();
     stop.cancel();
     let _ = std::fs::remove_dir_all(&dir);
@@ -799,4 +1154,309 @@ async fn the_binary_refuses_system_internal_tls() {
     assert!(logs.contains("system-internal-tls"), "{logs}");
     stop.cancel();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_logging_and_observability_apply_live_from_the_api() {
+    // Knative's RBAC and ConfigMaps, nothing mounted: the level and the request log come from
+    // the API server and change while the binary runs.
+    let stop = CancellationToken::new();
+    let pod = fake_pod(stop.clone()).await;
+    let mut api = FakeApi {
+        upstream_rbac: true.into(),
+        ..FakeApi::default()
+    };
+    api.add(
+        REVISIONS,
+        "",
+        "10",
+        vec![revision("hello-00001", "9", 1, "user-port")],
+    );
+    api.add(
+        ENDPOINTS,
+        PRIVATE_SLICES,
+        "10",
+        vec![private_endpoints(
+            "hello-00001",
+            "9",
+            ("http", i32::from(pod.port())),
+            &["127.0.0.1"],
+            &[],
+        )],
+    );
+    api.add(ENDPOINTS, PUBLIC_SLICES, "10", vec![]);
+    api.add(SERVICES, PRIVATE_SERVICES, "10", vec![]);
+    let logging = |rv: &str, level: &str| {
+        configmap(
+            "config-logging",
+            rv,
+            json!({"zap-logger-config": "{\"level\": \"info\"}", "loglevel.activator": level}),
+        )
+    };
+    api.add_system_configmaps(
+        json!({}),
+        vec![
+            logging("2", "info"),
+            configmap(
+                "config-observability",
+                "3",
+                json!({"metrics-protocol": "prometheus"}),
+            ),
+        ],
+    );
+    let api = Arc::new(api);
+    let url = serve(Arc::clone(&api), stop.clone()).await;
+    let (dir, kubeconfig) = kubeconfig("live", &url);
+    let port = free_port();
+    let mut child = activator_command(&kubeconfig, port)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Lines::follow(&mut child);
+    let get = || async {
+        let _ = get_revision(port).await;
+    };
+    eventually("the activator serving", &lines, get, || {
+        lines.count("\"message\":\"kubernetes source synced\"") == 1
+    })
+    .await;
+    assert_eq!(get_revision(port).await.map(|r| r.0), Some(StatusCode::OK));
+
+    // At info, the malformed request's debug line is not written.
+    malformed_request(port).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        lines.count("rejected a malformed request"),
+        0,
+        "{}",
+        lines.dump()
+    );
+    assert_eq!(lines.count("REQLOG"), 0);
+
+    // loglevel.activator: debug, no restart.
+    api.send(CONFIGMAPS, "", event("MODIFIED", logging("20", "debug")))
+        .await;
+    eventually(
+        "the debug level applied",
+        &lines,
+        || malformed_request(port),
+        || lines.count("rejected a malformed request") > 0,
+    )
+    .await;
+
+    // The request log turns on the same way.
+    api.send(
+        CONFIGMAPS,
+        "",
+        event(
+            "MODIFIED",
+            configmap(
+                "config-observability",
+                "21",
+                json!({"logging.enable-request-log": "true",
+                    "logging.request-log-template": "REQLOG {{.Request.Method}} {{.Response.Code}}"}),
+            ),
+        ),
+    )
+    .await;
+    eventually("a request log line", &lines, get, || {
+        lines.count("REQLOG GET 200") > 0
+    })
+    .await;
+
+    // And back to info: the debug line stops (checked after the level change is logged).
+    api.send(CONFIGMAPS, "", event("MODIFIED", logging("22", "info")))
+        .await;
+    eventually(
+        "info applied",
+        &lines,
+        || async {},
+        || lines.count("config-logging applied") >= 3,
+    )
+    .await;
+    let before = lines.count("rejected a malformed request");
+    malformed_request(port).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(lines.count("rejected a malformed request"), before);
+
+    child.kill().await.unwrap();
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `GET path` on 127.0.0.1:`port`: the status, or `None` when nothing answers.
+async fn status_of(port: u16, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    String::from_utf8_lossy(&buf)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_profiling_switches_the_profiling_port_live() {
+    let stop = CancellationToken::new();
+    let mut api = FakeApi {
+        upstream_rbac: true.into(),
+        ..FakeApi::default()
+    };
+    api.add(REVISIONS, "", "10", vec![]);
+    api.add(ENDPOINTS, PRIVATE_SLICES, "10", vec![]);
+    api.add(ENDPOINTS, PUBLIC_SLICES, "10", vec![]);
+    api.add(SERVICES, PRIVATE_SERVICES, "10", vec![]);
+    api.add_system_configmaps(
+        json!({}),
+        vec![configmap("config-observability", "3", json!({}))],
+    );
+    let api = Arc::new(api);
+    let url = serve(Arc::clone(&api), stop.clone()).await;
+    let (dir, kubeconfig) = kubeconfig("profiling", &url);
+    let pport = free_port();
+    let mut child = activator_command(&kubeconfig, free_port())
+        .env("PROFILING_PORT", pport.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Off by default, as Knative: the port answers 404.
+    let off = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(s) = status_of(pport, "/debug/pprof/heap").await {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("profiling port listens");
+    assert_eq!(off, 404);
+    api.send(
+        CONFIGMAPS,
+        "",
+        event(
+            "MODIFIED",
+            configmap(
+                "config-observability",
+                "4",
+                json!({"runtime-profiling": "enabled"}),
+            ),
+        ),
+    )
+    .await;
+    let on = tokio::time::timeout(DEADLINE, async {
+        while status_of(pport, "/debug/pprof/heap").await != Some(200) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(on.is_ok(), "runtime-profiling: enabled not applied");
+    assert_eq!(
+        status_of(pport, "/debug/pprof/profile?seconds=1").await,
+        Some(200)
+    );
+    api.send(
+        CONFIGMAPS,
+        "",
+        event(
+            "MODIFIED",
+            configmap(
+                "config-observability",
+                "5",
+                json!({"runtime-profiling": "disabled"}),
+            ),
+        ),
+    )
+    .await;
+    let off = tokio::time::timeout(DEADLINE, async {
+        while status_of(pport, "/debug/pprof/heap").await != Some(404) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(off.is_ok(), "profiling still on");
+    child.kill().await.unwrap();
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_source_moves_to_endpoints_when_slices_become_forbidden() {
+    // Our RBAC at start (EndpointSlices), then Knative's re-applied: the slice watch restarts
+    // into a 403 and the source carries on from Endpoints without a restart.
+    let mut api = FakeApi::default();
+    api.add(
+        REVISIONS,
+        "",
+        "10",
+        vec![revision("hello-00001", "9", 1, "user-port")],
+    );
+    api.add(
+        SLICES,
+        PRIVATE_SLICES,
+        "10",
+        vec![slice(
+            "hello-00001-private-a1",
+            "9",
+            "hello-00001",
+            "Private",
+            ("http", 8012),
+            &[("10.1.0.1", true, false)],
+        )],
+    );
+    api.add(SLICES, PUBLIC_SLICES, "10", vec![]);
+    api.add(
+        ENDPOINTS,
+        PRIVATE_SLICES,
+        "20",
+        vec![private_endpoints(
+            "hello-00001",
+            "19",
+            ("http", 8012),
+            &["10.1.0.1", "10.1.0.7"],
+            &[],
+        )],
+    );
+    api.add(ENDPOINTS, PUBLIC_SLICES, "20", vec![]);
+    api.add(SERVICES, PRIVATE_SERVICES, "10", vec![]);
+    let api = Arc::new(api);
+    let stop = CancellationToken::new();
+    let url = serve(Arc::clone(&api), stop.clone()).await;
+    let catalog = Catalog::new();
+    let src = KubeSource::start(client(&url), catalog.clone(), DEADLINE)
+        .await
+        .expect("syncs from EndpointSlices");
+    assert_eq!(
+        entry(&catalog.snapshot(), "hello-00001")
+            .unwrap()
+            .endpoints
+            .ready,
+        ["10.1.0.1:8012"]
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(src.run(shutdown.clone()));
+    api.upstream_rbac
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    api.send(SLICES, PRIVATE_SLICES, Msg::End).await;
+    wait_for(&catalog, "pods from Endpoints after the 403", |s| {
+        entry(s, "hello-00001")
+            .is_some_and(|e| e.endpoints.ready == ["10.1.0.1:8012", "10.1.0.7:8012"])
+    })
+    .await;
+    shutdown.cancel();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .expect("stops")
+        .expect("no panic");
+    stop.cancel();
 }

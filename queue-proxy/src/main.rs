@@ -8,10 +8,16 @@ use shared::telemetry::log::{LogFormat, ZapFormat, init, resolve_level};
 const EXIT_CONFIG: i32 = 64;
 
 fn main() {
-    let config = match Cli::try_parse()
-        .map_err(|e| e.to_string())
-        .and_then(|cli| Config::try_from(cli).map_err(|e| e.to_string()))
-    {
+    let mut profiling = false;
+    let config = match Cli::try_parse().map_err(|e| e.to_string()).and_then(|cli| {
+        // As Knative: the profiling server runs only when the revision's pods were created
+        // with `runtime-profiling: enabled`.
+        profiling = cli
+            .observability_config
+            .as_deref()
+            .is_some_and(shared::profiling::enabled_in_observability_json);
+        Config::try_from(cli).map_err(|e| e.to_string())
+    }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("queue-proxy: {e}");
@@ -50,6 +56,15 @@ fn main() {
             second.cancelled().await;
             std::process::exit(1);
         });
+        if profiling {
+            tracing::info!("Runtime profiling enabled");
+            let (_on, enabled) = tokio::sync::watch::channel(true);
+            tokio::spawn(shared::profiling::run(
+                shared::profiling::addr_from_env(),
+                enabled,
+                tokio_util::sync::CancellationToken::new(),
+            ));
+        }
         let listeners = match queue_proxy::Listeners::bind(&config).await {
             Ok(l) => l,
             Err(e) => {

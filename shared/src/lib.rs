@@ -11,6 +11,8 @@
 //! - [`breaker`]: Knative's breaker (capacity + bounded queue, permits held to end of body).
 //! - [`stats`]: the `Stat` / `WireStatMessages` protobuf messages.
 //! - [`memory`]: gives memory freed after a burst back to the OS (glibc's `malloc_trim`).
+//! - [`profiling`]: Knative's profiling server (`PROFILING_PORT`, 8008): CPU profiles in pprof
+//!   protobuf and a heap summary, only while `runtime-profiling: enabled`.
 //! - [`telemetry`]: zap-style JSON logs, metric names, trace-context propagation.
 //! - [`shutdown`]: SIGTERM/SIGINT into a `CancellationToken`.
 #![deny(missing_docs)]
@@ -19,6 +21,7 @@ pub mod breaker;
 pub mod error;
 pub mod http;
 pub mod memory;
+pub mod profiling;
 pub mod shutdown;
 pub mod stats;
 pub mod telemetry;

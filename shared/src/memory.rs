@@ -21,6 +21,25 @@ pub const TICK: Duration = Duration::from_millis(250);
 /// New free bytes that make a trim worthwhile (a trim walks every arena; a few ms for 300 MiB).
 pub const TRIM_THRESHOLD: usize = 4 * 1024 * 1024;
 
+/// malloc's view of the heap (glibc `mallinfo2`, all arenas), for the profiling server's heap
+/// summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapStats {
+    /// Bytes malloc took from the kernel with brk/sbrk (`arena`).
+    pub arena: usize,
+    /// Bytes in mmapped chunks (`hblkhd`).
+    pub mmapped: usize,
+    /// Bytes in chunks in use (`uordblks`).
+    pub in_use: usize,
+    /// Bytes in free chunks (`fordblks`).
+    pub free: usize,
+}
+
+/// [`HeapStats`] now; `None` off glibc.
+pub fn heap_stats() -> Option<HeapStats> {
+    sys::heap_stats()
+}
+
 /// Runs until `shutdown`.
 pub async fn run(shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(TICK);
@@ -128,6 +147,17 @@ mod sys {
         // SAFETY: malloc_trim only walks and madvises malloc's own free chunks under its locks.
         unsafe { libc::malloc_trim(0) == 1 }
     }
+
+    pub fn heap_stats() -> Option<super::HeapStats> {
+        // SAFETY: as in `free_bytes`.
+        let i = unsafe { libc::mallinfo2() };
+        Some(super::HeapStats {
+            arena: i.arena,
+            mmapped: i.hblkhd,
+            in_use: i.uordblks,
+            free: i.fordblks,
+        })
+    }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
@@ -138,6 +168,10 @@ mod sys {
 
     pub fn trim() -> bool {
         false
+    }
+
+    pub fn heap_stats() -> Option<super::HeapStats> {
+        None
     }
 }
 

@@ -10,12 +10,17 @@
 //!
 //! EndpointSlices (not the deprecated core/v1 Endpoints) carry the labels of their Service, or of
 //! the Endpoints they mirror for the selector-less public Service, so the same label filters work.
+//! Knative's own RBAC (`knative-serving-activator-cluster`) grants core/v1 Endpoints but not
+//! EndpointSlices: when listing EndpointSlices is forbidden (403) at start, both address watches
+//! use Endpoints instead, with the same label selectors, and one log line says so
+//! ([`AddressApi::detect`]).
 //!
 //! One task owns the [`state::State`] and publishes it to the [`Catalog`]; the request path only
 //! reads catalog snapshots. kube-runtime's watcher handles watch restarts, bookmarks and `410
 //! Gone` (it re-lists and reports `Init`/`InitApply`/`InitDone`, which the state applies
 //! atomically, dropping objects deleted while the watch was down).
 
+pub mod configmaps;
 pub mod network;
 pub mod revision;
 pub mod state;
@@ -23,8 +28,9 @@ pub mod state;
 use std::time::Duration;
 
 use futures_util::stream::{BoxStream, StreamExt, select_all};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::ListParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
@@ -56,6 +62,18 @@ pub enum KubeSourceError {
     /// `config-network` asks for something this activator does not implement.
     #[error("{0}")]
     Unsupported(&'static str),
+    /// The ConfigMaps of `SYSTEM_NAMESPACE` could not be listed in time.
+    #[error(
+        "no list of the configmaps in {namespace} within {waited:?} (last error: {last_error})"
+    )]
+    ConfigMaps {
+        /// `SYSTEM_NAMESPACE`.
+        namespace: String,
+        /// How long we waited.
+        waited: Duration,
+        /// The last watch error seen, if any.
+        last_error: String,
+    },
     /// A watch did not complete its first list in time.
     #[error(
         "kubernetes source: no complete list of {kind:?} within {waited:?} (last error: {last_error})"
@@ -70,17 +88,50 @@ pub enum KubeSourceError {
     },
 }
 
+/// Which API the pod addresses come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressApi {
+    /// `discovery.k8s.io/v1` EndpointSlices (our RBAC in `config/base`).
+    EndpointSlices,
+    /// core/v1 Endpoints (Knative's RBAC, which does not grant EndpointSlices).
+    Endpoints,
+}
+
+impl AddressApi {
+    /// EndpointSlices unless the service account may not list them: one `limit=1` list, and a
+    /// 403 selects core/v1 Endpoints. Any other outcome keeps EndpointSlices (an unreachable API
+    /// server is retried by the watchers and reported by [`KubeSource::start`]).
+    pub async fn detect(client: &Client) -> Self {
+        let probe = Api::<EndpointSlice>::all(client.clone())
+            .list_metadata(&ListParams::default().limit(1))
+            .await;
+        match probe {
+            Err(kube::Error::Api(s)) if s.is_forbidden() => {
+                tracing::info!(
+                    "listing discovery.k8s.io EndpointSlices is forbidden (Knative's RBAC); watching core/v1 Endpoints instead"
+                );
+                Self::Endpoints
+            }
+            _ => Self::EndpointSlices,
+        }
+    }
+}
+
 /// One watcher item, tagged with its watch (boxed: the k8s types differ a lot in size).
 enum Update {
     Revision(Box<watcher::Result<watcher::Event<Revision>>>),
     PrivateSlice(Box<watcher::Result<watcher::Event<EndpointSlice>>>),
     PublicSlice(Box<watcher::Result<watcher::Event<EndpointSlice>>>),
+    PrivateEndpoints(Box<watcher::Result<watcher::Event<Endpoints>>>),
+    PublicEndpoints(Box<watcher::Result<watcher::Event<Endpoints>>>),
     PrivateService(Box<watcher::Result<watcher::Event<Service>>>),
 }
 
 /// The Kubernetes source: started once (waiting for the first lists), then followed.
 pub struct KubeSource {
     updates: BoxStream<'static, Update>,
+    client: Client,
+    api: AddressApi,
     state: State,
     catalog: Catalog,
     last_error: Option<String>,
@@ -103,6 +154,60 @@ pub async fn infer_client() -> Result<Client, KubeSourceError> {
     Client::try_default().await.map_err(KubeSourceError::Client)
 }
 
+/// The watches, with pod addresses from `api`.
+fn watches(client: &Client, api: AddressApi) -> BoxStream<'static, Update> {
+    let cfg = watcher::Config::default;
+    let mut streams: Vec<BoxStream<'static, Update>> = vec![
+        watcher(Api::<Revision>::all(client.clone()), cfg())
+            .default_backoff()
+            .map(|e| Update::Revision(Box::new(e)))
+            .boxed(),
+    ];
+    match api {
+        AddressApi::EndpointSlices => {
+            let slices = || Api::<EndpointSlice>::all(client.clone());
+            streams.push(
+                watcher(slices(), cfg().labels(PRIVATE_SLICES))
+                    .default_backoff()
+                    .map(|e| Update::PrivateSlice(Box::new(e)))
+                    .boxed(),
+            );
+            streams.push(
+                watcher(slices(), cfg().labels(PUBLIC_SLICES))
+                    .default_backoff()
+                    .map(|e| Update::PublicSlice(Box::new(e)))
+                    .boxed(),
+            );
+        }
+        AddressApi::Endpoints => {
+            // Knative's Services (and so their Endpoints) carry the same labels.
+            let eps = || Api::<Endpoints>::all(client.clone());
+            streams.push(
+                watcher(eps(), cfg().labels(PRIVATE_SLICES))
+                    .default_backoff()
+                    .map(|e| Update::PrivateEndpoints(Box::new(e)))
+                    .boxed(),
+            );
+            streams.push(
+                watcher(eps(), cfg().labels(PUBLIC_SLICES))
+                    .default_backoff()
+                    .map(|e| Update::PublicEndpoints(Box::new(e)))
+                    .boxed(),
+            );
+        }
+    }
+    streams.push(
+        watcher(
+            Api::<Service>::all(client.clone()),
+            cfg().labels(PRIVATE_SERVICES),
+        )
+        .default_backoff()
+        .map(|e| Update::PrivateService(Box::new(e)))
+        .boxed(),
+    );
+    select_all(streams).boxed()
+}
+
 impl KubeSource {
     /// Starts the watches and waits (up to `sync_timeout`) until each has listed once, so the
     /// activator never serves 404 for a revision that exists; then publishes to `catalog`.
@@ -115,33 +220,11 @@ impl KubeSource {
         catalog: Catalog,
         sync_timeout: Duration,
     ) -> Result<Self, KubeSourceError> {
-        let cfg = watcher::Config::default;
-        let streams: Vec<BoxStream<'static, Update>> = vec![
-            watcher(Api::<Revision>::all(client.clone()), cfg())
-                .default_backoff()
-                .map(|e| Update::Revision(Box::new(e)))
-                .boxed(),
-            watcher(
-                Api::<EndpointSlice>::all(client.clone()),
-                cfg().labels(PRIVATE_SLICES),
-            )
-            .default_backoff()
-            .map(|e| Update::PrivateSlice(Box::new(e)))
-            .boxed(),
-            watcher(
-                Api::<EndpointSlice>::all(client.clone()),
-                cfg().labels(PUBLIC_SLICES),
-            )
-            .default_backoff()
-            .map(|e| Update::PublicSlice(Box::new(e)))
-            .boxed(),
-            watcher(Api::<Service>::all(client), cfg().labels(PRIVATE_SERVICES))
-                .default_backoff()
-                .map(|e| Update::PrivateService(Box::new(e)))
-                .boxed(),
-        ];
+        let api = AddressApi::detect(&client).await;
         let mut me = Self {
-            updates: select_all(streams).boxed(),
+            updates: watches(&client, api),
+            client,
+            api,
             state: State::default(),
             catalog,
             last_error: None,
@@ -154,7 +237,9 @@ impl KubeSource {
                 let Some(u) = me.updates.next().await else {
                     return;
                 };
-                me.handle(u);
+                if !me.switch_if_forbidden(&u) {
+                    me.handle(u);
+                }
             }
         })
         .await;
@@ -181,10 +266,31 @@ impl KubeSource {
                 u = self.updates.next() => u,
             };
             let Some(u) = u else { return };
+            if self.switch_if_forbidden(&u) {
+                continue;
+            }
             if self.handle(u) {
                 self.publish();
             }
         }
+    }
+
+    /// Knative's RBAC re-applied under a running pod (e.g. `serving-core.yaml`) forbids the
+    /// EndpointSlice watches: every watch restarts on Endpoints, whose re-lists replace the
+    /// slices' objects in one step, so routing does not flap. Returns whether it switched.
+    fn switch_if_forbidden(&mut self, u: &Update) -> bool {
+        if self.api != AddressApi::EndpointSlices {
+            return false;
+        }
+        let Some(api) = forbidden_slices(u) else {
+            return false;
+        };
+        tracing::info!(
+            "discovery.k8s.io EndpointSlices became forbidden; watching core/v1 Endpoints instead"
+        );
+        self.api = api;
+        self.updates = watches(&self.client, api);
+        true
     }
 
     /// Applies one update; returns whether the catalog entries changed.
@@ -196,6 +302,14 @@ impl KubeSource {
                 (*r).map(|e| self.state.on_private_slice(e)),
             ),
             Update::PublicSlice(r) => (
+                Kind::PublicSlices,
+                (*r).map(|e| self.state.on_public_slice(e)),
+            ),
+            Update::PrivateEndpoints(r) => (
+                Kind::PrivateSlices,
+                (*r).map(|e| self.state.on_private_slice(e)),
+            ),
+            Update::PublicEndpoints(r) => (
                 Kind::PublicSlices,
                 (*r).map(|e| self.state.on_public_slice(e)),
             ),
@@ -218,4 +332,20 @@ impl KubeSource {
     fn publish(&self) {
         self.catalog.replace_revisions(self.state.entries().clone());
     }
+}
+
+/// `Some(Endpoints)` when `u` is an EndpointSlice watch failing with 403.
+fn forbidden_slices(u: &Update) -> Option<AddressApi> {
+    let err = match u {
+        Update::PrivateSlice(r) | Update::PublicSlice(r) => r.as_ref().as_ref().err()?,
+        _ => return None,
+    };
+    let forbidden = match err {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.is_forbidden(),
+        watcher::Error::WatchError(s) => s.is_forbidden(),
+        _ => false,
+    };
+    forbidden.then_some(AddressApi::Endpoints)
 }

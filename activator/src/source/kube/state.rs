@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv6Addr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Endpoints as K8sEndpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::Event;
@@ -61,9 +61,15 @@ fn dest(ip: &str, port: i32) -> String {
 
 // === impl Slice ===
 
-/// An EndpointSlice, digested.
+/// The pod addresses of one EndpointSlice or one core/v1 Endpoints object, digested: groups of
+/// endpoints that share a port list (an EndpointSlice is one group, each Endpoints subset one).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Slice {
+    groups: Vec<PortGroup>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PortGroup {
     ports: Vec<(String, i32)>,
     endpoints: Vec<SliceEndpoint>,
 }
@@ -99,11 +105,79 @@ impl Slice {
                 })
             })
             .collect();
-        Self { ports, endpoints }
+        Self {
+            groups: vec![PortGroup { ports, endpoints }],
+        }
     }
 
-    fn port(&self, name: &str) -> Option<i32> {
-        self.ports.iter().find(|(n, _)| n == name).map(|(_, p)| *p)
+    /// Digests a core/v1 Endpoints object (what Knative's activator watches, and all that
+    /// Knative's RBAC grants): `addresses` are ready, `notReadyAddresses` not ready; the
+    /// Endpoints controller already leaves terminating pods out.
+    pub fn from_endpoints(e: &K8sEndpoints) -> Self {
+        let groups = e
+            .subsets
+            .iter()
+            .flatten()
+            .map(|s| {
+                let ports = s
+                    .ports
+                    .iter()
+                    .flatten()
+                    .map(|p| (p.name.clone().unwrap_or_default(), p.port))
+                    .collect();
+                let addrs = |list: &Option<Vec<_>>, ready: bool| {
+                    list.iter()
+                        .flatten()
+                        .map(
+                            move |a: &k8s_openapi::api::core::v1::EndpointAddress| SliceEndpoint {
+                                address: a.ip.clone(),
+                                ready,
+                                terminating: false,
+                            },
+                        )
+                        .collect::<Vec<_>>()
+                };
+                let mut endpoints = addrs(&s.addresses, true);
+                endpoints.extend(addrs(&s.not_ready_addresses, false));
+                PortGroup { ports, endpoints }
+            })
+            .collect();
+        Self { groups }
+    }
+
+    /// The endpoints of the groups that carry a port named `name`, with that port.
+    fn with_port<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (&'a SliceEndpoint, i32)> {
+        self.groups.iter().flat_map(move |g| {
+            let port = g.ports.iter().find(|(n, _)| n == name).map(|(_, p)| *p);
+            port.into_iter()
+                .flat_map(move |p| g.endpoints.iter().map(move |e| (e, p)))
+        })
+    }
+}
+
+/// An object that lists pod addresses: an EndpointSlice or a core/v1 Endpoints.
+pub trait Addresses {
+    /// Its metadata (namespace, name, labels).
+    fn meta(&self) -> &ObjectMeta;
+    /// Its addresses, digested.
+    fn digest(&self) -> Slice;
+}
+
+impl Addresses for EndpointSlice {
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn digest(&self) -> Slice {
+        Slice::from_k8s(self)
+    }
+}
+
+impl Addresses for K8sEndpoints {
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn digest(&self) -> Slice {
+        Slice::from_endpoints(self)
     }
 }
 
@@ -274,12 +348,8 @@ pub struct State {
     derived: BTreeMap<RevisionKey, Arc<RevisionEntry>>,
 }
 
-fn slice_digest(s: &EndpointSlice) -> (ObjKey, Option<RevisionKey>, Slice) {
-    (
-        obj_key(&s.metadata),
-        labelled_revision(&s.metadata),
-        Slice::from_k8s(s),
-    )
+fn slice_digest<K: Addresses>(s: &K) -> (ObjKey, Option<RevisionKey>, Slice) {
+    (obj_key(s.meta()), labelled_revision(s.meta()), s.digest())
 }
 
 impl State {
@@ -298,15 +368,15 @@ impl State {
         self.recompute(touched)
     }
 
-    /// A private EndpointSlice event.
-    pub fn on_private_slice(&mut self, e: Event<EndpointSlice>) -> bool {
+    /// A private EndpointSlice (or, under Knative's RBAC, private Endpoints) event.
+    pub fn on_private_slice<K: Addresses>(&mut self, e: Event<K>) -> bool {
         let mut touched = BTreeSet::new();
         self.private.handle(e, slice_digest, &mut touched);
         self.recompute(touched)
     }
 
-    /// A public EndpointSlice event.
-    pub fn on_public_slice(&mut self, e: Event<EndpointSlice>) -> bool {
+    /// A public EndpointSlice (or public Endpoints) event.
+    pub fn on_public_slice<K: Addresses>(&mut self, e: Event<K>) -> bool {
         let mut touched = BTreeSet::new();
         self.public.handle(e, slice_digest, &mut touched);
         self.recompute(touched)
@@ -368,9 +438,8 @@ impl State {
         let mut ready = BTreeSet::new();
         let mut not_ready = BTreeSet::new();
         for s in self.private.of(k) {
-            // Like Knative's subsets: only slices that carry the protocol's port count.
-            let Some(p) = s.port(port) else { continue };
-            for e in &s.endpoints {
+            // Like Knative's subsets: only groups that carry the protocol's port count.
+            for (e, p) in s.with_port(port) {
                 // Terminating pods are dropped, as core/v1 Endpoints drop them.
                 if e.terminating {
                     continue;
@@ -388,10 +457,9 @@ impl State {
         let mut public = self.public.of(k).peekable();
         let activators = public.peek().is_some().then(|| {
             let ips: BTreeSet<String> = public
-                .filter(|s| s.port(port).is_some())
-                .flat_map(|s| s.endpoints.iter())
-                .filter(|e| e.ready && !e.terminating)
-                .map(|e| e.address.clone())
+                .flat_map(|s| s.with_port(port))
+                .filter(|(e, _)| e.ready && !e.terminating)
+                .map(|(e, _)| e.address.clone())
                 .collect();
             // BTreeSet order is the lexicographic string order Knative sorts by (§2.4).
             ips.into_iter().collect()

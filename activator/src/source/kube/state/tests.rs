@@ -58,12 +58,12 @@ fn synced() -> State {
                 s.on_revision(Event::InitDone);
             }
             Kind::PrivateSlices => {
-                s.on_private_slice(Event::Init);
-                s.on_private_slice(Event::InitDone);
+                s.on_private_slice(Event::<EndpointSlice>::Init);
+                s.on_private_slice(Event::<EndpointSlice>::InitDone);
             }
             Kind::PublicSlices => {
-                s.on_public_slice(Event::Init);
-                s.on_public_slice(Event::InitDone);
+                s.on_public_slice(Event::<EndpointSlice>::Init);
+                s.on_public_slice(Event::<EndpointSlice>::InitDone);
             }
             Kind::PrivateServices => {
                 s.on_private_service(Event::Init);
@@ -277,4 +277,28 @@ fn null_endpoints_and_ports_from_go_nil_slices() {
     s.on_private_slice(Event::Apply(empty));
     let e = &s.entries()[&key("r")];
     assert!(e.endpoints.ready.is_empty() && e.endpoints.not_ready.is_empty());
+}
+
+#[test]
+fn core_endpoints_subsets_count_only_with_the_protocols_port() {
+    // Knative's RBAC path: core/v1 Endpoints. Each subset has its own ports; as in Knative's
+    // endpointsToDests only subsets carrying the protocol's port name give dests, with that
+    // subset's port number.
+    let mut s = synced();
+    s.on_revision(Event::Apply(rev("r", "http1")));
+    let eps: K8sEndpoints = serde_json::from_value(json!({
+        "metadata": {"namespace": "ns", "name": "r-private", "resourceVersion": "1",
+            "labels": {REVISION_LABEL: "r"}},
+        "subsets": [
+            {"addresses": [{"ip": "10.0.0.1"}], "notReadyAddresses": [{"ip": "10.0.0.2"}],
+             "ports": [{"name": "http", "port": 8012}, {"name": "https", "port": 8112}]},
+            {"addresses": [{"ip": "10.0.0.3"}], "ports": [{"name": "http2", "port": 8013}]},
+            {"addresses": [{"ip": "fd00::4"}], "ports": [{"name": "http", "port": 9012}]}
+        ]
+    }))
+    .expect("valid endpoints");
+    assert!(s.on_private_slice(Event::Apply(eps)));
+    let e = &s.entries()[&key("r")];
+    assert_eq!(e.endpoints.ready, ["10.0.0.1:8012", "[fd00::4]:9012"]);
+    assert_eq!(e.endpoints.not_ready, ["10.0.0.2:8012"]);
 }

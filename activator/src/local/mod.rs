@@ -8,9 +8,13 @@
 //! # Layout
 //! - [`manifest`]: Service YAML → revisions and traffic (pure, validated, with file:line errors).
 //! - [`pod`]: starting, probing, scraping and stopping one pod's processes.
+//! - [`engine`], [`container`]: podman or docker, for a container with an `image` and no
+//!   `command`.
 //! - [`scaler`]: one loop per revision: KPA tick, pods to match, endpoints, status.
 //! - [`status`]: `GET /status` JSON.
 
+pub mod container;
+pub mod engine;
 pub mod manifest;
 pub mod pod;
 pub mod scaler;
@@ -60,6 +64,14 @@ pub struct LocalArgs {
     /// Log level (debug, info, warn, error).
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// Container engine for containers with an `image` and no `command` (default: podman, else
+    /// docker, whichever is on PATH first in that order).
+    #[arg(long, env = "ACTIVATOR_LOCAL_ENGINE", value_enum)]
+    pub engine: Option<engine::EngineKind>,
+    /// OCI runtime the engine is asked for (`--runtime`), e.g. `runc` on hosts where podman's
+    /// default `crun` cannot start containers.
+    #[arg(long, env = "ACTIVATOR_LOCAL_ENGINE_RUNTIME")]
+    pub engine_runtime: Option<String>,
 }
 
 /// Why local mode could not start.
@@ -79,6 +91,9 @@ pub enum LocalError {
     /// The embedded activator failed.
     #[error(transparent)]
     Activator(#[from] crate::RunError),
+    /// A revision runs an image and no container engine was found.
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
 }
 
 /// Runs local mode: exit 0 after a clean stop, 1 when it cannot start (the message names the
@@ -166,6 +181,25 @@ async fn run(args: LocalArgs) -> Result<(), LocalError> {
             revisions.push((r.clone(), settings));
         }
     }
+    // An engine only when some container runs its image; found (or refused) before anything starts.
+    let needs_engine = revisions
+        .iter()
+        .map(|(r, _)| r)
+        .find(|r| r.program.as_os_str().is_empty());
+    let engine = match needs_engine {
+        Some(r) => {
+            let e = engine::Engine::find(
+                args.engine,
+                args.engine_runtime.clone(),
+                &format!("{}/{}", r.namespace, r.name),
+                r.image.as_deref().unwrap_or_default(),
+            )?;
+            tracing::info!(engine = %e.program.display(), runtime = ?e.runtime, "container engine");
+            e.remove_leftovers().await;
+            Some(Arc::new(e))
+        }
+        None => None,
+    };
     let (first, second) = shared::shutdown::signals().map_err(|e| LocalError::Io {
         what: "signals".into(),
         source: std::io::Error::other(e.to_string()),
@@ -252,6 +286,7 @@ async fn run(args: LocalArgs) -> Result<(), LocalError> {
                 service: r.service.clone(),
                 program: resolve_program(&r.program),
                 queue_proxy: queue_proxy.clone(),
+                engine: engine.clone(),
                 plan: r,
             },
             settings,
@@ -303,6 +338,10 @@ async fn run(args: LocalArgs) -> Result<(), LocalError> {
     tokio::select! {
         _ = async { while loops.join_next().await.is_some() {} } => {}
         () = second.cancelled() => {}
+    }
+    // Whatever a forced stop left running goes too: no container outlives local mode.
+    if let Some(e) = &engine {
+        e.remove_own().await;
     }
     match activator.await {
         Ok(Ok(())) | Err(_) => Ok(()),

@@ -88,22 +88,23 @@ impl RevisionLoop {
                 throttlers = Some(t);
             }
             // A pod whose app or queue-proxy exited is dropped; the next tick replaces it.
-            let before = pods.len();
-            pods.retain_mut(|p| {
-                let dead = p.exited();
-                if dead {
+            // Its remains (the other process, a stopped container) are stopped and removed.
+            let mut i = 0;
+            while i < pods.len() {
+                if pods[i].exited() {
+                    let p = pods.remove(i);
                     tracing::warn!(revision = %key, pod = %p.name, "pod exited; replacing it");
+                    tokio::spawn(pod::stop(p));
+                    last_tick = None;
+                } else {
+                    i += 1;
                 }
-                !dead
-            });
-            if pods.len() != before {
-                last_tick = None;
             }
             // Not-ready pods are probed every poll, ready ones every `recheck.period`; all in
             // parallel, so one pod that hangs a probe does not stall the others.
             let now = Instant::now();
             let due: Vec<usize> = (0..pods.len())
-                .filter(|&i| !pods[i].ready || now >= pods[i].next_probe)
+                .filter(|&i| pods[i].started() && (!pods[i].ready || now >= pods[i].next_probe))
                 .collect();
             let results =
                 futures_util::future::join_all(due.iter().map(|&i| pods[i].probe())).await;
@@ -203,7 +204,8 @@ impl RevisionLoop {
                     "pods": pods.iter().map(|p| serde_json::json!({
                         "name": p.name,
                         "ready": p.ready,
-                        "app_pid": p.app.id(),
+                        "app_pid": p.app.pid(),
+                        "container": p.app.container(),
                         "queue_proxy_pid": p.qp.id(),
                     })).collect::<Vec<_>>(),
                     "stable_concurrency": snap.stable_concurrency,
@@ -235,7 +237,8 @@ impl RevisionLoop {
     }
 
     fn publish_endpoints(&self, pods: &[Pod], published: &mut Endpoints) {
-        let (ready, not_ready): (Vec<&Pod>, Vec<&Pod>) = pods.iter().partition(|p| p.ready);
+        let (ready, not_ready): (Vec<&Pod>, Vec<&Pod>) =
+            pods.iter().filter(|p| p.started()).partition(|p| p.ready);
         let ep = Endpoints {
             ready: ready.iter().map(|p| p.addr()).collect(),
             not_ready: not_ready.iter().map(|p| p.addr()).collect(),
@@ -262,10 +265,15 @@ fn cold_start_record(
     let started = app.max(qp);
     let scheduling_ms = c.scheduled_after.map(ms);
     let readiness_ms = ms(ready.saturating_sub(started));
+    // For a container: spawn → the engine reporting it started, and the rest of the app's start.
+    let engine_ms = p.engine_after.get().map(|d| ms(*d));
+    let app_after_engine_ms = p.engine_after.get().map(|e| ms(app.saturating_sub(*e)));
     tracing::info!(
         revision = %key,
         pod = %p.name,
         scheduling_ms = ?scheduling_ms,
+        engine_start_ms = ?engine_ms,
+        app_after_engine_ms = ?app_after_engine_ms,
         pod_start_ms = ms(started),
         app_listening_ms = ms(app),
         queue_proxy_listening_ms = ms(qp),
@@ -277,6 +285,8 @@ fn cold_start_record(
         "scheduling_ms": scheduling_ms,
         "pod_start_ms": ms(started),
         "app_listening_ms": ms(app),
+        "engine_start_ms": engine_ms,
+        "app_after_engine_ms": app_after_engine_ms,
         "queue_proxy_listening_ms": ms(qp),
         "readiness_ms": readiness_ms,
     })

@@ -465,6 +465,11 @@ fn reqlog_layer(
                     return resp;
                 };
                 line.set_code(resp.status().as_u16());
+                line.set_held_ms(
+                    resp.headers()
+                        .get(X_KNATIVE_ACTIVATOR_HOLD_MS)
+                        .and_then(|v| v.to_str().ok()?.parse().ok()),
+                );
                 if let Some(tunnel) = resp.extensions().get::<Tunnel>() {
                     tunnel.hold(line);
                     return resp;

@@ -12,7 +12,9 @@
 //!   `command`.
 //! - [`scaler`]: one loop per revision: KPA tick, pods to match, endpoints, status.
 //! - [`status`]: `GET /status` JSON.
+//! - [`console`]: readable output, the live view on a terminal, the request log.
 
+pub mod console;
 pub mod container;
 pub mod engine;
 pub mod manifest;
@@ -64,6 +66,18 @@ pub struct LocalArgs {
     /// Log level (debug, info, warn, error).
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// `human`: readable lines (pods' JSON rendered), and a live view of the revisions when
+    /// stdout is a terminal; `json`: one JSON object per line.
+    #[arg(
+        long,
+        env = "ACTIVATOR_LOCAL_LOG_FORMAT",
+        value_enum,
+        default_value = "human"
+    )]
+    pub log_format: console::Format,
+    /// One line per request: time, method, host, path, status, latency, revision, held ms.
+    #[arg(long, env = "ACTIVATOR_LOCAL_REQUEST_LOG")]
+    pub request_log: bool,
     /// Container engine for containers with an `image` and no `command` (default: podman, else
     /// docker, whichever is on PATH first in that order).
     #[arg(long, env = "ACTIVATOR_LOCAL_ENGINE", value_enum)]
@@ -101,7 +115,8 @@ pub enum LocalError {
 pub fn main(args: LocalArgs) -> ExitCode {
     let level =
         shared::telemetry::log::parse_level(&args.log_level).unwrap_or(tracing::Level::INFO);
-    shared::telemetry::log::init(shared::telemetry::log::LogFormat::Human, level);
+    console::init(args.log_format);
+    console::init_tracing(level);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -319,8 +334,13 @@ async fn run(args: LocalArgs) -> Result<(), LocalError> {
     });
     let shutdown = Shutdown::default();
     let exit = shutdown.exit.clone();
+    let mut config = Config::in_process("activator-local", "127.0.0.1");
+    if args.request_log {
+        config.request_log = Some(console::request_log_template());
+        crate::reqlog::set_sink(console::request_line);
+    }
     let activator = tokio::spawn(crate::run_observed(
-        Config::in_process("activator-local", "127.0.0.1"),
+        config,
         Listeners {
             http1: listener,
             h2c: None,

@@ -145,7 +145,7 @@ pub(super) fn pipe_lines(prefix: String, child: &mut Child) {
         tokio::spawn(async move {
             let mut lines = BufReader::new(out).lines();
             while let Ok(Some(l)) = lines.next_line().await {
-                println!("[{p}] {l}");
+                super::console::print(&super::console::pod_line(&p, &l));
             }
         });
     }
@@ -153,7 +153,7 @@ pub(super) fn pipe_lines(prefix: String, child: &mut Child) {
         tokio::spawn(async move {
             let mut lines = BufReader::new(err).lines();
             while let Ok(Some(l)) = lines.next_line().await {
-                eprintln!("[{prefix}] {l}");
+                super::console::print(&super::console::pod_line(&prefix, &l));
             }
         });
     }
@@ -256,6 +256,8 @@ pub fn start(t: &PodTemplate, n: u64) -> std::io::Result<Pod> {
         .env("QUEUE_METRICS_PORT", metrics.to_string())
         .env("QUEUE_USER_METRICS_PORT", user_metrics.to_string())
         .env("QUEUE_DRAIN_SECONDS", "1")
+        // Only the activator's `--listen` is meant to be reachable from other machines.
+        .env("QUEUE_BIND_ADDRESS", "127.0.0.1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

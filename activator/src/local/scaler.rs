@@ -193,29 +193,32 @@ impl RevisionLoop {
                 .as_ref()
                 .and_then(|t| t.get(&key).map(|t| t.waiting()))
                 .unwrap_or(0);
-            status::publish(
-                &self.status,
-                key.to_string(),
-                serde_json::json!({
-                    "routes": self.routes.iter().map(|(h, p)| serde_json::json!({"host": h, "percent": p})).collect::<Vec<_>>(),
-                    "desired_pods": snap.desired_pods,
-                    "ready_pods": ready,
-                    "held_requests": held,
-                    "pods": pods.iter().map(|p| serde_json::json!({
-                        "name": p.name,
-                        "ready": p.ready,
-                        "app_pid": p.app.pid(),
-                        "container": p.app.container(),
-                        "queue_proxy_pid": p.qp.id(),
-                    })).collect::<Vec<_>>(),
-                    "stable_concurrency": snap.stable_concurrency,
-                    "panic_concurrency": snap.panic_concurrency,
-                    "panic": snap.panic,
-                    "excess_burst_capacity": snap.excess_burst_capacity,
-                    "last_cold_start": last_cold,
-                }),
+            let status_json = serde_json::json!({
+                "routes": self.routes.iter().map(|(h, p)| serde_json::json!({"host": h, "percent": p})).collect::<Vec<_>>(),
+                "desired_pods": snap.desired_pods,
+                "ready_pods": ready,
+                "held_requests": held,
+                "pods": pods.iter().map(|p| serde_json::json!({
+                    "name": p.name,
+                    "address": p.addr(),
+                    "ready": p.ready,
+                    "app_pid": p.app.pid(),
+                    "container": p.app.container(),
+                    "queue_proxy_pid": p.qp.id(),
+                })).collect::<Vec<_>>(),
+                "stable_concurrency": snap.stable_concurrency,
+                "panic_concurrency": snap.panic_concurrency,
+                "panic": snap.panic,
+                "excess_burst_capacity": snap.excess_burst_capacity,
+                "last_cold_start": last_cold,
+            });
+            super::console::set_row(
+                &key.to_string(),
+                super::console::row(&key.to_string(), &status_json),
             );
-            if last_line.elapsed() >= STATUS_LINE {
+            status::publish(&self.status, key.to_string(), status_json);
+            // On a terminal the live view shows this; piped, a line every few seconds.
+            if !super::console::live() && last_line.elapsed() >= STATUS_LINE {
                 last_line = Instant::now();
                 tracing::info!(
                     revision = %key,

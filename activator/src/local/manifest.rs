@@ -110,6 +110,9 @@ pub struct Target {
     pub percent: u32,
     /// `tag`: also routed at `<tag>-<service>.<namespace>.<domain>`.
     pub tag: Option<String>,
+    /// Written as `latestRevision: true` (or no `traffic`): on a live reload it follows the
+    /// Service's newest revision, while a `revisionName` keeps naming the same one.
+    pub latest: bool,
 }
 
 /// One Service: its revisions (in declaration order) and its traffic.

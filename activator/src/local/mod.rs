@@ -12,6 +12,7 @@
 //!   `command`.
 //! - [`scaler`]: one loop per revision: KPA tick, pods to match, endpoints, status.
 //! - [`status`]: `GET /status` JSON.
+//! - [`reload`]: applying the YAML at start and on every save, as `kubectl apply` would.
 //! - [`console`]: readable output, the live view on a terminal, the request log.
 
 pub mod console;
@@ -19,28 +20,24 @@ pub mod container;
 pub mod engine;
 pub mod manifest;
 pub mod pod;
+pub mod reload;
 pub mod scaler;
 pub mod status;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use self::manifest::{ManifestError, ServicePlan};
-use self::pod::PodTemplate;
-use self::scaler::RevisionLoop;
 use self::status::StatusMap;
-use crate::catalog::{Catalog, RevisionKey, RevisionSpec};
+use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::reporter::StatsSink;
-use crate::split::TrafficSplit;
 use crate::{Listeners, Shutdown};
 
 /// Local-mode arguments.
@@ -137,7 +134,7 @@ pub fn main(args: LocalArgs) -> ExitCode {
 }
 
 /// A bare command name is looked up next to this binary first (`target/*/helloworld`), then PATH.
-fn resolve_program(cmd: &std::path::Path) -> PathBuf {
+pub(crate) fn resolve_program(cmd: &std::path::Path) -> PathBuf {
     if cmd.components().count() == 1
         && let Ok(exe) = std::env::current_exe()
     {
@@ -151,7 +148,7 @@ fn resolve_program(cmd: &std::path::Path) -> PathBuf {
 
 /// Host → weighted revisions for one Service: the main host gets every target with a percent,
 /// each tag its own host.
-fn routes(svc: &ServicePlan, domain: &str) -> Vec<(String, Vec<(String, u32)>)> {
+pub(crate) fn routes(svc: &ServicePlan, domain: &str) -> Vec<(String, Vec<(String, u32)>)> {
     let main = format!("{}.{}.{domain}", svc.name, svc.namespace);
     let mut split: Vec<(String, u32)> = Vec::new();
     for t in svc.traffic.iter().filter(|t| t.percent > 0) {
@@ -177,47 +174,36 @@ async fn run(args: LocalArgs) -> Result<(), LocalError> {
         scale_to_zero_grace_period: args.scale_to_zero_grace_period,
         ..autoscaler::Config::default()
     };
-    let (services, warnings) = manifest::load_paths(&args.files, &cfg)?;
-    for w in &warnings {
-        tracing::warn!(at = %w.at, field = %w.field, "{}", w.message);
-    }
-    let mut revisions = Vec::new();
-    for svc in &services {
-        for r in &svc.revisions {
-            let cc = i32::try_from(r.container_concurrency).unwrap_or(i32::MAX);
-            // Annotations were validated by the manifest; unreachable revisions (no percent,
-            // no tag) may scale to zero whatever their min-scale, as in Knative.
-            let settings = autoscaler::RevisionSettings::resolve(
-                &cfg,
-                &r.annotations,
-                cc,
-                svc.reachable(&r.name),
-            );
-            revisions.push((r.clone(), settings));
-        }
-    }
-    // An engine only when some container runs its image; found (or refused) before anything starts.
-    let needs_engine = revisions
-        .iter()
-        .map(|(r, _)| r)
-        .find(|r| r.program.as_os_str().is_empty());
-    let engine = match needs_engine {
-        Some(r) => {
-            let e = engine::Engine::find(
-                args.engine,
-                args.engine_runtime.clone(),
-                &format!("{}/{}", r.namespace, r.name),
-                r.image.as_deref().unwrap_or_default(),
-            )?;
-            tracing::info!(engine = %e.program.display(), runtime = ?e.runtime, "container engine");
-            e.remove_leftovers().await;
-            Some(Arc::new(e))
-        }
-        None => None,
-    };
     let (first, second) = shared::shutdown::signals().map_err(|e| LocalError::Io {
         what: "signals".into(),
         source: std::io::Error::other(e.to_string()),
+    })?;
+    let status: StatusMap = Arc::default();
+    let catalog = Catalog::new();
+    let queue_proxy = std::env::current_exe()
+        .map_err(|source| LocalError::Io {
+            what: "locating queue-proxy".into(),
+            source,
+        })?
+        .with_file_name("queue-proxy");
+    let (throttlers_tx, throttlers_rx) = tokio::sync::watch::channel(None);
+    let mut runner = reload::Runner::new(
+        args.files.clone(),
+        args.domain.clone(),
+        args.listen,
+        cfg,
+        catalog.clone(),
+        Arc::clone(&status),
+        throttlers_rx,
+        queue_proxy,
+        args.engine,
+        args.engine_runtime.clone(),
+    );
+    // Revisions first, then routes (inside): a route never points at a revision the catalog
+    // lacks. Bad YAML stops start-up here, before anything listens.
+    runner.apply_files(true).await.map_err(|e| match e {
+        reload::ApplyError::Manifest(m) => LocalError::Manifest(m),
+        reload::ApplyError::Engine(e) => LocalError::Engine(e),
     })?;
     let listener = TcpListener::bind(args.listen)
         .await
@@ -225,7 +211,6 @@ async fn run(args: LocalArgs) -> Result<(), LocalError> {
             what: format!("listen {}", args.listen),
             source,
         })?;
-    let status: StatusMap = Arc::default();
     if let Some(addr) = args.admin {
         let l = TcpListener::bind(addr)
             .await
@@ -236,100 +221,27 @@ async fn run(args: LocalArgs) -> Result<(), LocalError> {
         tracing::info!(url = %format!("http://{addr}/status"), "status");
         tokio::spawn(status::serve(l, Arc::clone(&status)));
     }
-    let catalog = Catalog::new();
-    let queue_proxy = std::env::current_exe()
-        .map_err(|source| LocalError::Io {
-            what: "locating queue-proxy".into(),
-            source,
-        })?
-        .with_file_name("queue-proxy");
-    // Revisions first, then routes: a route never points at a revision the catalog lacks.
-    for (r, _) in &revisions {
-        catalog.upsert_revision(
-            RevisionKey::new(&r.namespace, &r.name),
-            RevisionSpec {
-                container_concurrency: r.container_concurrency,
-                timeout: r.timeout,
-                response_start_timeout: r.response_start_timeout,
-                idle_timeout: r.idle_timeout,
-                protocol: r.protocol,
-                service: r.service.clone(),
-                configuration: r.service.clone(),
-                ..RevisionSpec::default()
-            },
-        );
-    }
-    let mut routed: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
-    for svc in &services {
-        for (host, targets) in routes(svc, &args.domain) {
-            let keyed: Vec<(RevisionKey, u32)> = targets
-                .iter()
-                .map(|(r, p)| (RevisionKey::new(&svc.namespace, r), *p))
-                .collect();
-            for (r, p) in &targets {
-                routed
-                    .entry(format!("{}/{r}", svc.namespace))
-                    .or_default()
-                    .push((host.clone(), *p));
-            }
-            let shown: Vec<String> = targets.iter().map(|(r, p)| format!("{r} {p}%")).collect();
-            tracing::info!(route = %format!("http://{}/ (Host: {host})", args.listen), to = %shown.join(", "), "serving");
-            match keyed.as_slice() {
-                [(k, _)] => catalog.set_route(&host, k.clone()),
-                _ => match TrafficSplit::new(keyed) {
-                    Ok(s) => catalog.set_split(&host, s),
-                    Err(e) => tracing::warn!(host = %host, error = %e, "no route"),
-                },
-            }
-        }
-    }
     let (sink, mut rx) = StatsSink::channel(1024);
-    let start = Instant::now();
-    let stop = CancellationToken::new();
-    let mut senders = BTreeMap::new();
-    let mut loops = tokio::task::JoinSet::new();
-    let mut observers = Vec::new();
-    for (r, settings) in revisions {
-        let key = RevisionKey::new(&r.namespace, &r.name);
-        let (tx, srx) = mpsc::channel(64);
-        senders.insert((key.namespace.clone(), key.name.clone()), tx);
-        let (otx, orx) = tokio::sync::oneshot::channel();
-        observers.push(otx);
-        let rl = RevisionLoop {
-            template: PodTemplate {
-                key: key.clone(),
-                service: r.service.clone(),
-                program: resolve_program(&r.program),
-                queue_proxy: queue_proxy.clone(),
-                engine: engine.clone(),
-                plan: r,
-            },
-            settings,
-            routes: routed.remove(&key.to_string()).unwrap_or_default(),
-            status: Arc::clone(&status),
-            catalog: catalog.clone(),
-            stats: srx,
-            throttlers: Some(orx),
-            start,
-        };
-        loops.spawn(rl.run(stop.clone()));
-    }
+    let senders = Arc::clone(&runner.senders);
     tokio::spawn(async move {
         while let Some(batch) = rx.recv().await {
             for m in batch.messages {
-                if let (Some(tx), Some(s)) = (senders.get(&(m.namespace, m.name)), m.stat) {
+                let tx = senders
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&(m.namespace, m.name))
+                    .cloned();
+                if let (Some(tx), Some(s)) = (tx, m.stat) {
                     let _ = tx.try_send(pod::convert(s));
                 }
             }
         }
     });
-    // One throttler map serves every revision loop.
+    // One throttler map serves every revision loop, present and future.
     let (ttx, trx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         if let Ok(t) = trx.await {
-            for o in observers {
-                let _ = o.send(Arc::clone(&t));
-            }
+            let _ = throttlers_tx.send(Some(t));
         }
     });
     let shutdown = Shutdown::default();
@@ -351,16 +263,23 @@ async fn run(args: LocalArgs) -> Result<(), LocalError> {
         shutdown,
         Some(ttx),
     ));
+    let stop = runner.stop.clone();
+    let watching = CancellationToken::new();
+    let runner = Arc::new(tokio::sync::Mutex::new(runner));
+    let watcher = tokio::spawn(reload::watch_files(Arc::clone(&runner), watching.clone()));
     first.cancelled().await;
     tracing::info!("stopping: terminating pods (Ctrl-C again to force)");
+    watching.cancel();
+    let _ = watcher.await;
     stop.cancel();
     exit.cancel();
+    let mut runner = runner.lock().await;
     tokio::select! {
-        _ = async { while loops.join_next().await.is_some() {} } => {}
+        _ = async { while runner.loops.join_next().await.is_some() {} } => {}
         () = second.cancelled() => {}
     }
     // Whatever a forced stop left running goes too: no container outlives local mode.
-    if let Some(e) = &engine {
+    if let Some(e) = &runner.engine {
         e.remove_own().await;
     }
     match activator.await {
@@ -388,6 +307,7 @@ mod tests {
             revision: revision.into(),
             percent,
             tag: tag.map(Into::into),
+            latest: false,
         }
     }
 

@@ -42,7 +42,8 @@ fn one_document_is_one_revision_with_all_traffic() {
         vec![Target {
             revision: "hello-00001".into(),
             percent: 100,
-            tag: None
+            tag: None,
+            latest: true,
         }]
     );
 }
@@ -65,12 +66,14 @@ fn later_documents_are_new_revisions_and_the_last_traffic_wins() {
             Target {
                 revision: "hello-00001".into(),
                 percent: 80,
-                tag: None
+                tag: None,
+                latest: false,
             },
             Target {
                 revision: "hello-00002".into(),
                 percent: 20,
-                tag: Some("candidate".into())
+                tag: Some("candidate".into()),
+                latest: true,
             }
         ]
     );

@@ -27,6 +27,7 @@ pub(super) fn resolve_traffic(
             revision: latest,
             percent: 100,
             tag: None,
+            latest: true,
         }]);
     };
     let doc = &t.doc;
@@ -89,6 +90,7 @@ pub(super) fn resolve_traffic(
             revision,
             percent,
             tag: e.tag.clone(),
+            latest: e.latest_revision == Some(true),
         });
     }
     let sum: u32 = out.iter().map(|t| t.percent).sum();

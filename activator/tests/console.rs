@@ -243,3 +243,47 @@ fn json_format_keeps_json() {
         "{ours}"
     );
 }
+
+/// A pod that exits before it is ever ready (here `false`; a missing image alike) is retried
+/// with a doubling delay, not at every tick.
+#[test]
+fn a_pod_failing_before_ready_is_retried_with_backoff() {
+    let dir = std::env::temp_dir().join(format!("activator-console-false-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let file = dir.join("false.yaml");
+    std::fs::write(&file, HELLO.replace("[\"helloworld\"]", "[\"false\"]")).expect("yaml");
+    let mut child = Command::new(bin_dir().join("activator"))
+        .arg("local")
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn activator local");
+    let out = child.stdout.take().expect("stdout");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let l = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            l.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let lines = lines.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let started = lines.iter().filter(|l| l.contains("pod started")).count();
+    // 0 s, then after 1, 2 (and 4) s: at most 4 in 5 s; without the backoff, one per tick.
+    assert!(
+        (2..=4).contains(&started),
+        "{started} starts:\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("retry_in=2s")),
+        "{}",
+        lines.join("\n")
+    );
+}

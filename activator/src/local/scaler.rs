@@ -60,6 +60,10 @@ impl RevisionLoop {
         let mut cold: Option<ColdStart> = None;
         let mut last_cold = serde_json::Value::Null;
         let mut pending_report: Option<(ColdStart, String)> = None;
+        // Pods that exit before ever being ready (a missing image, a bad command) are retried
+        // with a doubling delay, as the kubelet backs off, instead of at every tick.
+        let mut failures = 0u32;
+        let mut retry_at: Option<Instant> = None;
         let recheck = Recheck::from_probe(self.template.plan.readiness_probe.as_ref());
         loop {
             let mut poked = false;
@@ -93,6 +97,13 @@ impl RevisionLoop {
             while i < pods.len() {
                 if pods[i].exited() {
                     let p = pods.remove(i);
+                    if !p.ready && p.ready_after.get().is_none() {
+                        failures = failures.saturating_add(1);
+                        let backoff = Duration::from_secs(1 << failures.min(5).saturating_sub(1));
+                        retry_at = Some(Instant::now() + backoff);
+                        tracing::warn!(revision = %key, pod = %p.name, retry_in = ?backoff,
+                            "pod failed before it was ready; retrying later");
+                    }
                     tracing::warn!(revision = %key, pod = %p.name, "pod exited; replacing it");
                     tokio::spawn(pod::stop(p));
                     last_tick = None;
@@ -120,6 +131,8 @@ impl RevisionLoop {
                     }
                 } else if ok {
                     p.ready = true;
+                    failures = 0;
+                    retry_at = None;
                     p.probe_failures = 0;
                     p.next_probe = Instant::now() + recheck.period;
                     let start_ms = p.listening_after.get().map(|d| ms(*d));
@@ -162,7 +175,8 @@ impl RevisionLoop {
             kpa.record_scrape(now, &scraped, ready);
             let snap = kpa.tick(now, ready, true);
             let want = usize::try_from(snap.desired_pods).unwrap_or(0);
-            while pods.len() < want {
+            let backing_off = retry_at.is_some_and(|t| Instant::now() < t);
+            while !backing_off && pods.len() < want {
                 seq += 1;
                 match pod::start(&self.template, seq) {
                     Ok(p) => {

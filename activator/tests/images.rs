@@ -369,7 +369,9 @@ fn image_only_service_runs_from_zero_scales_up_and_back_and_leaves_no_container(
     });
 
     // Cold start: the request is held until the container serves; the split is reported.
+    let asked = Instant::now();
     let (code, body) = get(port, "/", HOST).expect("cold request");
+    let client_ms = asked.elapsed().as_secs_f64() * 1e3;
     assert_eq!((code, body.as_str()), (200, "Hello World!\n"), "{}", log());
     wait_until(
         Duration::from_secs(20),
@@ -384,7 +386,7 @@ fn image_only_service_runs_from_zero_scales_up_and_back_and_leaves_no_container(
     );
     assert!(engine_ms > 0.0 && app_ms >= engine_ms, "{cold}");
     assert!(local.log().contains("cold start"), "{}", log());
-    eprintln!("image cold start: {cold}");
+    eprintln!("image cold start: client {client_ms:.0} ms, {cold}");
 
     // Load with 8 clients at target 1 → more pods (at most 3), each a container.
     let stop = Arc::new(AtomicBool::new(false));

@@ -19,8 +19,13 @@ use tokio::time::Instant;
 use crate::throttler::RevisionThrottler;
 
 /// Where rendered lines go instead of stdout (`activator local` prints them its own way),
-/// with the time the request was held in the activator, if it was.
-pub type Sink = fn(&str, Option<u64>);
+/// with the time the request was held in the activator, if it was, and the pod's address.
+pub type Sink = fn(&str, Option<u64>, Option<&str>);
+
+/// The `ip:port` of the pod that answered, in the response's extensions while a request log is
+/// on (`.Revision.PodIP` stays empty, as in Knative's activator).
+#[derive(Debug, Clone)]
+pub struct PodAddr(pub String);
 
 static SINK: OnceLock<Sink> = OnceLock::new();
 
@@ -37,6 +42,7 @@ pub struct Line {
     entry: Entry,
     start: Instant,
     held_ms: Option<u64>,
+    pod: Option<String>,
 }
 
 impl Line {
@@ -62,7 +68,13 @@ impl Line {
             entry: Entry::from_request(req),
             start,
             held_ms: None,
+            pod: None,
         }
+    }
+
+    /// The address of the pod that answered.
+    pub fn set_pod(&mut self, pod: Option<String>) {
+        self.pod = pod;
     }
 
     /// How long the request was held (`X-Knative-Activator-Hold-Ms` of the response).
@@ -87,7 +99,7 @@ impl Drop for Line {
         self.entry.latency = self.start.elapsed().as_secs_f64();
         let line = self.template.render(&self.entry, &self.revision);
         if let Some(sink) = SINK.get() {
-            sink(&line, self.held_ms);
+            sink(&line, self.held_ms, self.pod.as_deref());
             return;
         }
         // One write per line to stdout, as Knative's synchronised file writer.

@@ -208,7 +208,8 @@ fn readable_timestamped_lines_request_log_and_loopback_only_pods() {
     assert!(timestamped(&req), "{req}");
     assert!(
         req.contains(" GET hello.default.example.com/x?y=1 200 ")
-            && req.contains("ms revision=default/hello-00001 held_ms="),
+            && req
+                .contains("ms revision=default/hello-00001 pod=hello-00001-deployment-1 held_ms="),
         "{req}"
     );
 

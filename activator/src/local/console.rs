@@ -336,12 +336,28 @@ pub fn request_log_template() -> shared::telemetry::reqlog::Template {
 
 const REQUEST_LOG: &str = "{{.Request.Method}}\t{{.Request.Host}}\t{{.Request.RequestURI}}\t{{.Response.Code}}\t{{.Response.Latency}}\t{{.Revision.Namespace}}/{{.Revision.Name}}";
 
-/// Prints one request-log line (the [`crate::reqlog::Sink`] of local mode).
-pub fn request_line(rendered: &str, held_ms: Option<u64>) {
-    print(&format_request(rendered, held_ms));
+static PODS: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+
+/// Names the pod at a queue-proxy address, for the request log.
+pub fn register_pod(addr: String, name: String) {
+    PODS.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(addr, name);
 }
 
-fn format_request(rendered: &str, held_ms: Option<u64>) -> String {
+/// Prints one request-log line (the [`crate::reqlog::Sink`] of local mode).
+pub fn request_line(rendered: &str, held_ms: Option<u64>, pod: Option<&str>) {
+    let name = pod.map(|a| {
+        PODS.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(a)
+            .cloned()
+            .unwrap_or_else(|| a.to_owned())
+    });
+    print(&format_request(rendered, held_ms, name.as_deref()));
+}
+
+fn format_request(rendered: &str, held_ms: Option<u64>, pod: Option<&str>) -> String {
     let f: Vec<&str> = rendered.trim_end().split('\t').collect();
     let [method, host, path, code, latency, revision] = f[..] else {
         return format!("{} request {}\n", clock(), rendered.trim_end());
@@ -349,8 +365,9 @@ fn format_request(rendered: &str, held_ms: Option<u64>) -> String {
     let ms = latency.parse::<f64>().map_or(0.0, |s| s * 1e3);
     match format() {
         Format::Human => format!(
-            "{} {method} {host}{path} {code} {ms:.1}ms revision={revision} held_ms={}\n",
+            "{} {method} {host}{path} {code} {ms:.1}ms revision={revision} pod={} held_ms={}\n",
             clock(),
+            pod.unwrap_or("-"),
             held_ms.unwrap_or(0)
         ),
         Format::Json => {
@@ -359,7 +376,7 @@ fn format_request(rendered: &str, held_ms: Option<u64>) -> String {
                 "message": "request",
                 "method": method, "host": host, "path": path,
                 "status": code.parse::<u16>().unwrap_or(0),
-                "latency_ms": ms, "revision": revision, "held_ms": held_ms.unwrap_or(0),
+                "latency_ms": ms, "revision": revision, "pod": pod, "held_ms": held_ms.unwrap_or(0),
             });
             format!("{v}\n")
         }
@@ -386,10 +403,10 @@ mod request_tests {
             namespace: "default".into(),
             ..Default::default()
         };
-        let line = format_request(&t.render(&e, &r), Some(7));
+        let line = format_request(&t.render(&e, &r), Some(7), Some("hello-00001-deployment-1"));
         assert!(
             line.ends_with(
-                " GET hello.default.example.com/a?b=1 200 12.3ms revision=default/hello-00001 held_ms=7\n"
+                " GET hello.default.example.com/a?b=1 200 12.3ms revision=default/hello-00001 pod=hello-00001-deployment-1 held_ms=7\n"
             ),
             "{line:?}"
         );

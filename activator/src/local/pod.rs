@@ -285,6 +285,7 @@ pub fn start(t: &PodTemplate, n: u64) -> std::io::Result<Pod> {
     ));
     let ready_after = Arc::new(OnceLock::new());
     tokio::spawn(watch_ready(qp_port, spawned, Arc::clone(&ready_after)));
+    super::console::register_pod(format!("127.0.0.1:{qp_port}"), name.clone());
     tracing::info!(revision = %t.key, pod = %name, "pod started");
     Ok(Pod {
         name,

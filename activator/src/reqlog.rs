@@ -8,7 +8,7 @@
 //! probes and 404s for unknown revisions are never logged (they are answered before this stage).
 
 use std::io::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::Request;
 use hyper::body::Incoming;
@@ -18,6 +18,22 @@ use tokio::time::Instant;
 
 use crate::throttler::RevisionThrottler;
 
+/// Where rendered lines go instead of stdout (`activator local` prints them its own way),
+/// with the time the request was held in the activator, if it was, and the pod's address.
+pub type Sink = fn(&str, Option<u64>, Option<&str>);
+
+/// The `ip:port` of the pod that answered, in the response's extensions while a request log is
+/// on (`.Revision.PodIP` stays empty, as in Knative's activator).
+#[derive(Debug, Clone)]
+pub struct PodAddr(pub String);
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+/// Sends every rendered line to `sink` (once per process; later calls are ignored).
+pub fn set_sink(sink: Sink) {
+    let _ = SINK.set(sink);
+}
+
 /// One request's log line, written when this is dropped at the end of the response.
 #[derive(Debug)]
 pub struct Line {
@@ -25,6 +41,8 @@ pub struct Line {
     revision: Revision,
     entry: Entry,
     start: Instant,
+    held_ms: Option<u64>,
+    pod: Option<String>,
 }
 
 impl Line {
@@ -49,7 +67,19 @@ impl Line {
             },
             entry: Entry::from_request(req),
             start,
+            held_ms: None,
+            pod: None,
         }
+    }
+
+    /// The address of the pod that answered.
+    pub fn set_pod(&mut self, pod: Option<String>) {
+        self.pod = pod;
+    }
+
+    /// How long the request was held (`X-Knative-Activator-Hold-Ms` of the response).
+    pub fn set_held_ms(&mut self, ms: Option<u64>) {
+        self.held_ms = ms;
     }
 
     /// The response's status code.
@@ -68,6 +98,10 @@ impl Drop for Line {
     fn drop(&mut self) {
         self.entry.latency = self.start.elapsed().as_secs_f64();
         let line = self.template.render(&self.entry, &self.revision);
+        if let Some(sink) = SINK.get() {
+            sink(&line, self.held_ms, self.pod.as_deref());
+            return;
+        }
         // One write per line to stdout, as Knative's synchronised file writer.
         let _ = std::io::stdout().lock().write_all(line.as_bytes());
     }

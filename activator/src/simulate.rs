@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+pub mod closed;
+
 use autoscaler::collector::Collection;
 use autoscaler::{Config, Decider, DeciderSpec, DeciderStatus, Observed, RevisionSettings};
 
@@ -37,6 +39,20 @@ pub struct SimulateArgs {
     /// Draw observed load, desired pods and panic periods as an SVG.
     #[arg(long, value_name = "OUT.svg")]
     pub plot: Option<PathBuf>,
+    /// Closed loop: the trace is demand only (`{"t", "concurrency"}` or `{"t", "duration"}`
+    /// lines), simulated pods follow the KPA's decisions (see docs/autoscaler.md).
+    #[arg(long)]
+    pub closed_loop: bool,
+    /// Closed loop: a new pod is ready this long after it is asked for.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s", requires = "closed_loop")]
+    pub pod_start_delay: Duration,
+    /// Closed loop: requests one pod serves at once (default: --container-concurrency; 0 =
+    /// unlimited).
+    #[arg(long, value_name = "N", requires = "closed_loop")]
+    pub pod_capacity: Option<u32>,
+    /// Closed loop: simulate until this many seconds (default: the trace's end + 1 s).
+    #[arg(long, value_name = "SECONDS", requires = "closed_loop")]
+    pub until: Option<f64>,
     /// The trace (JSON lines); `-` reads standard input.
     #[arg(value_name = "TRACE.jsonl")]
     pub trace: PathBuf,
@@ -286,8 +302,66 @@ struct PlotPoint {
     panic: bool,
 }
 
+fn run_closed(args: &SimulateArgs, s: RevisionSettings) -> Result<(), Failure> {
+    let text = if args.trace.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| bad(format!("stdin: {e}")))?
+    } else {
+        read(&args.trace)?
+    };
+    let demand = closed::parse(&text).map_err(|e| bad(format!("{}: {e}", args.trace.display())))?;
+    let p = closed::Params {
+        pod_start_delay: args.pod_start_delay,
+        pod_capacity: args
+            .pod_capacity
+            .unwrap_or(u32::try_from(args.container_concurrency).unwrap_or(0)),
+        initial_pods: args.initial_ready_pods.unwrap_or(0),
+        until: args.until,
+    };
+    let (ticks, summary) = closed::run(s.clone(), &demand, p);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let write_err = |e: std::io::Error| Failure {
+        code: 1,
+        message: format!("stdout: {e}"),
+    };
+    for t in &ticks {
+        serde_json::to_writer(&mut out, t).map_err(|e| write_err(e.into()))?;
+        out.write_all(b"\n").map_err(write_err)?;
+    }
+    serde_json::to_writer(&mut out, &serde_json::json!({ "summary": summary }))
+        .map_err(|e| write_err(e.into()))?;
+    out.write_all(b"\n").map_err(write_err)?;
+    out.flush().map_err(write_err)?;
+    if let Some(path) = &args.plot {
+        let points: Vec<PlotPoint> = ticks
+            .iter()
+            .map(|t| PlotPoint {
+                t: t.t,
+                load: t.demand,
+                stable: t.held,
+                desired: t.desired.max(0),
+                ready: t.ready,
+                panic: t.panic,
+            })
+            .collect();
+        plot(
+            path,
+            &points,
+            &s,
+            ("demand (in system)", "held in the activator"),
+        )
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("{}: {e}", path.display()),
+        })?;
+    }
+    Ok(())
+}
+
 fn run(args: &SimulateArgs) -> Result<(), Failure> {
     let s = settings(args)?;
+    if args.closed_loop {
+        return run_closed(args, s);
+    }
     let reader: Box<dyn BufRead> = if args.trace.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
@@ -375,7 +449,7 @@ fn run(args: &SimulateArgs) -> Result<(), Failure> {
         message: format!("stdout: {e}"),
     })?;
     if let Some(path) = &args.plot {
-        plot(path, &points, &s).map_err(|e| Failure {
+        plot(path, &points, &s, ("observed load", "stable average")).map_err(|e| Failure {
             code: 1,
             message: format!("{}: {e}", path.display()),
         })?;
@@ -383,10 +457,12 @@ fn run(args: &SimulateArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `labels`: the two load series (observed and stable; in the closed loop, demand and held).
 fn plot(
     path: &Path,
     points: &[PlotPoint],
     s: &RevisionSettings,
+    labels: (&str, &str),
 ) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
 
@@ -460,14 +536,14 @@ fn plot(
     }
     chart
         .draw_series(LineSeries::new(points.iter().map(|p| (p.t, p.load)), &BLUE))?
-        .label("observed load")
+        .label(labels.0)
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
     chart
         .draw_series(LineSeries::new(
             points.iter().map(|p| (p.t, p.stable)),
             &GREEN,
         ))?
-        .label("stable average")
+        .label(labels.1)
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
     chart
         .draw_secondary_series(LineSeries::new(steps(points, |p| p.desired), &RED))?

@@ -468,6 +468,16 @@ fn reqlog_layer(
                     return resp;
                 };
                 line.set_code(resp.status().as_u16());
+                line.set_held_ms(
+                    resp.headers()
+                        .get(X_KNATIVE_ACTIVATOR_HOLD_MS)
+                        .and_then(|v| v.to_str().ok()?.parse().ok()),
+                );
+                line.set_pod(
+                    resp.extensions()
+                        .get::<crate::reqlog::PodAddr>()
+                        .map(|p| p.0.clone()),
+                );
                 if let Some(tunnel) = resp.extensions().get::<Tunnel>() {
                     tunnel.hold(line);
                     return resp;
@@ -652,6 +662,11 @@ impl Handler {
             // state of every held request, although it only exists once a pod was picked.
             match Box::pin(lease.tracker().upstream.forward(out)).await {
                 Ok(mut resp) => {
+                    // Only the request log reads it: no cost on the request path otherwise.
+                    if self.request_log.borrow().is_some() {
+                        resp.extensions_mut()
+                            .insert(crate::reqlog::PodAddr(tracker.dest.clone()));
+                    }
                     if lease.waited {
                         let held = arrived.elapsed();
                         self.metrics.hold.observe(held.as_secs_f64());

@@ -769,11 +769,8 @@ fn bad_yaml_names_file_line_and_field() {
             ":10: spec.template.metadata.annotations.autoscaling.knative.dev/target:",
         ),
         (
-            hello(&[], "World").replace(
-                r#"- command: ["helloworld"]"#,
-                "- image: ghcr.io/knative/helloworld-go",
-            ),
-            ":11: spec.template.spec.containers: containers[0] has no `command`",
+            hello(&[], "World").replace(r#"- command: ["helloworld"]"#, "- name: app"),
+            ":11: spec.template.spec.containers: containers[0] needs an `image`",
         ),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {

@@ -257,3 +257,89 @@ fn reads_stdin_and_skips_blank_lines() {
     assert_eq!(row(&out[0]), (1.5, 0, 100 - 211, false));
     assert_eq!(row(&out[1]), (3.0, 2, 100 - 211, false));
 }
+
+/// Knative's own scaling tests build this spec (no stable window, TotalValue, burst capacity).
+#[test]
+fn spec_with_a_zero_stable_window_is_accepted() {
+    let out = lines(&sim(&[
+        "--spec",
+        "spec_knative_scaling_test.json",
+        "raw_steady_then_idle.jsonl",
+    ]));
+    assert!(!out.is_empty());
+    assert!(out.iter().all(|v| v["desired"].as_i64().is_some()));
+}
+
+#[test]
+fn closed_loop_pods_follow_the_kpa_and_start_after_the_delay() {
+    let run = |delay: &str| {
+        let out = sim(&[
+            "--closed-loop",
+            "--annotation",
+            "target=10",
+            "--annotation",
+            "window=6s",
+            "--annotation",
+            "target-utilization-percentage=100",
+            "--pod-start-delay",
+            delay,
+            "--until",
+            "40",
+            "closed_50_clients.jsonl",
+        ]);
+        lines(&out)
+    };
+    let out = run("500ms");
+    let ticks = &out[..out.len() - 1];
+    let at = |t: f64| {
+        ticks
+            .iter()
+            .find(|v| v["t"].as_f64().unwrap() >= t)
+            .unwrap()
+    };
+    // 50 clients, target 10 at 100 %: five pods while the demand lasts, none after.
+    assert_eq!(at(15.0)["ready"], 5, "{}", at(15.0));
+    assert_eq!(at(15.0)["demand"], 50.0);
+    assert_eq!(at(15.0)["held"], 0.0);
+    assert_eq!(at(39.0)["pods"], 0, "{}", at(39.0));
+    // Pods asked for at one tick are ready only after the start delay.
+    let slow = run("3s");
+    let first_five = |v: &[Value]| {
+        v.iter()
+            .find(|x| x["ready"] == 5)
+            .map(|x| x["t"].as_f64().unwrap())
+            .unwrap()
+    };
+    assert!(first_five(&slow) >= first_five(&out) + 2.0);
+    let summary = &out[out.len() - 1]["summary"];
+    assert_eq!(summary["max_ready"], 5);
+    assert!(summary["panic_transitions"].as_array().unwrap().len() >= 2);
+}
+
+#[test]
+fn closed_loop_request_trace_reports_waits_and_plots() {
+    let svg = std::env::temp_dir().join(format!("closed-{}.svg", std::process::id()));
+    let out = lines(&sim(&[
+        "--closed-loop",
+        "--annotation",
+        "target=2",
+        "--pod-capacity",
+        "2",
+        "--pod-start-delay",
+        "2s",
+        "--plot",
+        svg.to_str().unwrap(),
+        "closed_requests.jsonl",
+    ]));
+    let summary = &out[out.len() - 1]["summary"];
+    assert_eq!(summary["requests"], 600, "{summary}");
+    // Requests arriving before the second pod is ready wait for it (2 s start).
+    assert!(summary["held_requests"].as_u64().unwrap() > 0, "{summary}");
+    assert!(
+        summary["wait_ms_max"].as_f64().unwrap() > 1000.0,
+        "{summary}"
+    );
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.contains("held in the activator") && plot.contains("ready pods"));
+    let _ = std::fs::remove_file(&svg);
+}

@@ -88,6 +88,10 @@ pub struct Cli {
     /// Ours: quiet period after SIGTERM before exiting, in seconds (default 30).
     #[arg(long, env = "QUEUE_DRAIN_SECONDS")]
     pub queue_drain_seconds: Option<String>,
+    /// Ours: the IP every listener binds (default: all interfaces, as Knative's `:port`).
+    /// `activator local` sets `127.0.0.1` so a developer's pods are not on the network.
+    #[arg(long, env = "QUEUE_BIND_ADDRESS")]
+    pub queue_bind_address: Option<String>,
     /// OTel SDK variable: span collector URL, used as given; wins over the configured endpoint.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
     pub otel_exporter_otlp_traces_endpoint: Option<String>,
@@ -143,6 +147,7 @@ pub const ENV_NAMES: &[&str] = &[
     "QUEUE_METRICS_PORT",
     "QUEUE_USER_METRICS_PORT",
     "QUEUE_DRAIN_SECONDS",
+    "QUEUE_BIND_ADDRESS",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_SERVICE_NAME",
@@ -350,6 +355,8 @@ pub struct Config {
     pub user_metrics_port: Option<u16>,
     /// `QUEUE_DRAIN_SECONDS` (default 30).
     pub drain_quiet_period: Duration,
+    /// `QUEUE_BIND_ADDRESS` (ours); `None` binds every interface.
+    pub bind_address: Option<std::net::IpAddr>,
     /// Span export, from `tracing` in `OBSERVABILITY_CONFIG` and the `OTEL_*` overrides;
     /// `None` = off (Knative's default).
     pub tracing: Option<shared::telemetry::otlp::ExportConfig>,
@@ -586,6 +593,13 @@ impl TryFrom<Cli> for Config {
             metrics_port: opt_port(c.queue_metrics_port, "QUEUE_METRICS_PORT", 9090)?,
             user_metrics_port,
             drain_quiet_period: Duration::from_secs(drain),
+            bind_address: match c.queue_bind_address.as_deref() {
+                None | Some("") => None,
+                Some(s) => Some(
+                    s.parse()
+                        .map_err(|_| invalid("QUEUE_BIND_ADDRESS", "not an IP address"))?,
+                ),
+            },
             tracing,
             tls,
             header_read_timeout: match c.queue_header_read_timeout_seconds.as_deref() {
@@ -772,5 +786,19 @@ mod tests {
         assert_eq!(cfg.user_metrics_port, Some(9191));
         c.queue_user_metrics_port = Some("9999".into());
         assert_eq!(Config::try_from(c).unwrap().user_metrics_port, Some(9999));
+    }
+
+    #[test]
+    fn bind_address_is_all_interfaces_unless_set() {
+        let mut c = cli();
+        assert_eq!(Config::try_from(c.clone()).unwrap().bind_address, None);
+        c.queue_bind_address = Some("127.0.0.1".into());
+        assert_eq!(
+            Config::try_from(c.clone()).unwrap().bind_address,
+            Some(std::net::IpAddr::from([127, 0, 0, 1]))
+        );
+        c.queue_bind_address = Some("localhost".into());
+        let e = Config::try_from(c).unwrap_err().to_string();
+        assert!(e.contains("QUEUE_BIND_ADDRESS"), "{e}");
     }
 }

@@ -73,7 +73,10 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
 }
 
-async fn bind_any(port: u16) -> std::io::Result<TcpListener> {
+async fn bind_any(ip: Option<std::net::IpAddr>, port: u16) -> std::io::Result<TcpListener> {
+    if let Some(ip) = ip {
+        return TcpListener::bind(SocketAddr::from((ip, port))).await;
+    }
     // Go's `:port` listens on every interface, IPv4 and IPv6; fall back to IPv4 where IPv6 is
     // unavailable.
     match TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).await {
@@ -90,15 +93,15 @@ impl Listeners {
     pub async fn bind(config: &Config) -> std::io::Result<Self> {
         let tls = tls::enabled(&config.tls.cert_dir).map_err(std::io::Error::other)?;
         Ok(Self {
-            serving: bind_any(config.serving_port).await?,
-            admin: bind_any(config.admin_port).await?,
-            metrics: bind_any(config.metrics_port).await?,
+            serving: bind_any(config.bind_address, config.serving_port).await?,
+            admin: bind_any(config.bind_address, config.admin_port).await?,
+            metrics: bind_any(config.bind_address, config.metrics_port).await?,
             user_metrics: match config.user_metrics_port {
-                Some(p) => Some(bind_any(p).await?),
+                Some(p) => Some(bind_any(config.bind_address, p).await?),
                 None => None,
             },
             tls: if tls {
-                Some(bind_any(config.serving_tls_port).await?)
+                Some(bind_any(config.bind_address, config.serving_tls_port).await?)
             } else {
                 None
             },

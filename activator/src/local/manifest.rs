@@ -81,10 +81,16 @@ pub struct RevisionPlan {
     pub response_start_timeout: Option<Duration>,
     /// `idleTimeoutSeconds`.
     pub idle_timeout: Option<Duration>,
-    /// `command[0]`.
+    /// `command[0]`; empty when the container has no `command` and runs its `image`.
     pub program: PathBuf,
-    /// `command[1..] + args`.
+    /// `command[1..] + args` (for an image: `args`, which replace the image's CMD).
     pub args: Vec<String>,
+    /// `image`: run through a container engine when there is no `command`.
+    pub image: Option<String>,
+    /// `imagePullPolicy` (`Always`, `IfNotPresent`, `Never`) as written.
+    pub image_pull_policy: Option<String>,
+    /// `workingDir`.
+    pub working_dir: Option<String>,
     /// `env` (literal values).
     pub env: Vec<(String, String)>,
     /// `ports[0].containerPort` as declared (default 8080); see [`RevisionPlan::container_port`].
@@ -104,8 +110,10 @@ pub struct Target {
     pub percent: u32,
     /// `tag`: also routed at `<tag>-<service>.<namespace>.<domain>`.
     pub tag: Option<String>,
-    /// `latestRevision: true` (explicit or defaulted): follows the newest *ready* revision at
-    /// run time (`revision` is the latest created, where it starts).
+    /// `latestRevision: true`, explicit or defaulted (an entry without `revisionName`, or no
+    /// `traffic`): follows the newest *ready* revision at run time, also across a live reload
+    /// (`revision` is the latest created, where it starts); a `revisionName` keeps naming the
+    /// same one.
     pub latest: bool,
 }
 
@@ -329,14 +337,18 @@ fn revision(
         ));
     }
     let cpath = ["spec", "template", "spec", "containers"];
-    if c.command.is_empty() {
+    // `command` runs a local process; without one the `image` runs in a container engine.
+    if c.command.is_empty() && c.image.as_deref().unwrap_or_default().is_empty() {
         return Err(doc.err(
             &cpath,
-            format!(
-                "containers[0] has no `command` (image {:?}); local mode runs commands, not images",
-                c.image.unwrap_or_default()
-            ),
+            "containers[0] needs an `image` (run by podman or docker) or a `command` (run as a local process)",
         ));
+    }
+    if let Some(p) = &c.image_pull_policy
+        && !["Always", "IfNotPresent", "Never"].contains(&p.as_str())
+    {
+        let path: Vec<&str> = cpath.iter().copied().chain(["imagePullPolicy"]).collect();
+        return Err(doc.err(&path, format!("{p:?}: want Always, IfNotPresent or Never")));
     }
     for k in c
         .other
@@ -424,6 +436,9 @@ fn revision(
             idle_timeout: secs("idleTimeoutSeconds", spec.idle_timeout_seconds)?,
             program,
             args,
+            image: c.image.filter(|i| !i.is_empty()),
+            image_pull_policy: c.image_pull_policy,
+            working_dir: c.working_dir.filter(|d| !d.is_empty()),
             env,
             container_port,
             protocol,

@@ -10,32 +10,36 @@
 //! - [`pod`]: starting, probing, scraping and stopping one pod's processes.
 //! - [`port`]: each pod's ports, without the bind-0-and-release race.
 //! - [`routing`]: hosts → revisions, following the newest ready revision.
+//! - [`engine`], [`container`]: podman or docker, for a container with an `image` and no
+//!   `command`.
 //! - [`scaler`]: one loop per revision: KPA tick, pods to match, endpoints, status.
 //! - [`status`]: `GET /status` JSON.
+//! - [`reload`]: applying the YAML at start and on every save, as `kubectl apply` would.
+//! - [`console`]: readable output, the live view on a terminal, the request log.
 
+pub mod console;
+pub mod container;
+pub mod engine;
 pub mod manifest;
 pub mod pod;
 pub mod port;
+pub mod reload;
 pub mod routing;
 pub mod scaler;
 pub mod status;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use self::manifest::ManifestError;
-use self::pod::PodTemplate;
-use self::scaler::RevisionLoop;
 use self::status::StatusMap;
-use crate::catalog::{Catalog, RevisionKey, RevisionSpec};
+use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::reporter::StatsSink;
 use crate::{Listeners, Shutdown};
@@ -63,6 +67,26 @@ pub struct LocalArgs {
     /// Log level (debug, info, warn, error).
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// `human`: readable lines (pods' JSON rendered), and a live view of the revisions when
+    /// stdout is a terminal; `json`: one JSON object per line.
+    #[arg(
+        long,
+        env = "ACTIVATOR_LOCAL_LOG_FORMAT",
+        value_enum,
+        default_value = "human"
+    )]
+    pub log_format: console::Format,
+    /// One line per request: time, method, host, path, status, latency, revision, held ms.
+    #[arg(long, env = "ACTIVATOR_LOCAL_REQUEST_LOG")]
+    pub request_log: bool,
+    /// Container engine for containers with an `image` and no `command` (default: podman, else
+    /// docker, whichever is on PATH first in that order).
+    #[arg(long, env = "ACTIVATOR_LOCAL_ENGINE", value_enum)]
+    pub engine: Option<engine::EngineKind>,
+    /// OCI runtime the engine is asked for (`--runtime`), e.g. `runc` on hosts where podman's
+    /// default `crun` cannot start containers.
+    #[arg(long, env = "ACTIVATOR_LOCAL_ENGINE_RUNTIME")]
+    pub engine_runtime: Option<String>,
 }
 
 /// Why local mode could not start.
@@ -82,6 +106,9 @@ pub enum LocalError {
     /// The embedded activator failed.
     #[error(transparent)]
     Activator(#[from] crate::RunError),
+    /// A revision runs an image and no container engine was found.
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
 }
 
 /// Runs local mode: exit 0 after a clean stop, 1 when it cannot start (the message names the
@@ -89,7 +116,8 @@ pub enum LocalError {
 pub fn main(args: LocalArgs) -> ExitCode {
     let level =
         shared::telemetry::log::parse_level(&args.log_level).unwrap_or(tracing::Level::INFO);
-    shared::telemetry::log::init(shared::telemetry::log::LogFormat::Human, level);
+    console::init(args.log_format);
+    console::init_tracing(level);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -110,7 +138,7 @@ pub fn main(args: LocalArgs) -> ExitCode {
 }
 
 /// A bare command name is looked up next to this binary first (`target/*/helloworld`), then PATH.
-fn resolve_program(cmd: &std::path::Path) -> PathBuf {
+pub(crate) fn resolve_program(cmd: &std::path::Path) -> PathBuf {
     if cmd.components().count() == 1
         && let Ok(exe) = std::env::current_exe()
     {
@@ -127,23 +155,36 @@ async fn run(args: LocalArgs) -> Result<(), LocalError> {
         scale_to_zero_grace_period: args.scale_to_zero_grace_period,
         ..autoscaler::Config::default()
     };
-    let (services, warnings) = manifest::load_paths(&args.files, &cfg)?;
-    for w in &warnings {
-        tracing::warn!(at = %w.at, field = %w.field, "{}", w.message);
-    }
-    let mut revisions = Vec::new();
-    for svc in &services {
-        for r in &svc.revisions {
-            let cc = i32::try_from(r.container_concurrency).unwrap_or(i32::MAX);
-            // Annotations were validated by the manifest; reachability is the router's (each
-            // loop applies it as it changes).
-            let settings = autoscaler::RevisionSettings::resolve(&cfg, &r.annotations, cc, true);
-            revisions.push((r.clone(), settings));
-        }
-    }
     let (first, second) = shared::shutdown::signals().map_err(|e| LocalError::Io {
         what: "signals".into(),
         source: std::io::Error::other(e.to_string()),
+    })?;
+    let status: StatusMap = Arc::default();
+    let catalog = Catalog::new();
+    let queue_proxy = std::env::current_exe()
+        .map_err(|source| LocalError::Io {
+            what: "locating queue-proxy".into(),
+            source,
+        })?
+        .with_file_name("queue-proxy");
+    let (throttlers_tx, throttlers_rx) = tokio::sync::watch::channel(None);
+    let mut runner = reload::Runner::new(
+        args.files.clone(),
+        args.domain.clone(),
+        args.listen,
+        cfg,
+        catalog.clone(),
+        Arc::clone(&status),
+        throttlers_rx,
+        queue_proxy,
+        args.engine,
+        args.engine_runtime.clone(),
+    );
+    // Revisions first, then routes (inside): a route never points at a revision the catalog
+    // lacks. Bad YAML stops start-up here, before anything listens.
+    runner.apply_files(true).await.map_err(|e| match e {
+        reload::ApplyError::Manifest(m) => LocalError::Manifest(m),
+        reload::ApplyError::Engine(e) => LocalError::Engine(e),
     })?;
     let listener = TcpListener::bind(args.listen)
         .await
@@ -151,7 +192,6 @@ async fn run(args: LocalArgs) -> Result<(), LocalError> {
             what: format!("listen {}", args.listen),
             source,
         })?;
-    let status: StatusMap = Arc::default();
     if let Some(addr) = args.admin {
         let l = TcpListener::bind(addr)
             .await
@@ -162,94 +202,40 @@ async fn run(args: LocalArgs) -> Result<(), LocalError> {
         tracing::info!(url = %format!("http://{addr}/status"), "status");
         tokio::spawn(status::serve(l, Arc::clone(&status)));
     }
-    let catalog = Catalog::new();
-    let queue_proxy = std::env::current_exe()
-        .map_err(|source| LocalError::Io {
-            what: "locating queue-proxy".into(),
-            source,
-        })?
-        .with_file_name("queue-proxy");
-    // Revisions first, then routes: a route never points at a revision the catalog lacks.
-    for (r, _) in &revisions {
-        catalog.upsert_revision(
-            RevisionKey::new(&r.namespace, &r.name),
-            RevisionSpec {
-                container_concurrency: r.container_concurrency,
-                timeout: r.timeout,
-                response_start_timeout: r.response_start_timeout,
-                idle_timeout: r.idle_timeout,
-                protocol: r.protocol,
-                service: r.service.clone(),
-                configuration: r.service.clone(),
-                ..RevisionSpec::default()
-            },
-        );
-    }
-    let (router, mut routing) = routing::Router::new(
-        services,
-        args.domain.clone(),
-        args.listen.to_string(),
-        catalog.clone(),
-    );
-    let (ready_tx, ready_rx) = mpsc::unbounded_channel();
     let (sink, mut rx) = StatsSink::channel(1024);
-    let start = Instant::now();
-    let stop = CancellationToken::new();
-    let mut senders = BTreeMap::new();
-    let mut loops = tokio::task::JoinSet::new();
-    let mut observers = Vec::new();
-    for (r, settings) in revisions {
-        let key = RevisionKey::new(&r.namespace, &r.name);
-        let (tx, srx) = mpsc::channel(64);
-        senders.insert((key.namespace.clone(), key.name.clone()), tx);
-        let (otx, orx) = tokio::sync::oneshot::channel();
-        observers.push(otx);
-        let rl = RevisionLoop {
-            template: PodTemplate {
-                key: key.clone(),
-                service: r.service.clone(),
-                program: resolve_program(&r.program),
-                queue_proxy: queue_proxy.clone(),
-                plan: r,
-            },
-            settings,
-            routing: routing
-                .remove(&(key.namespace.clone(), key.name.clone()))
-                .unwrap_or_else(|| tokio::sync::watch::channel(routing::Routing::default()).1),
-            ready: ready_tx.clone(),
-            status: Arc::clone(&status),
-            catalog: catalog.clone(),
-            stats: srx,
-            throttlers: Some(orx),
-            start,
-        };
-        loops.spawn(rl.run(stop.clone()));
-    }
-    tokio::spawn(router.run(ready_rx, stop.clone()));
+    let senders = Arc::clone(&runner.senders);
     tokio::spawn(async move {
         while let Some(batch) = rx.recv().await {
             for m in batch.messages {
-                if let (Some(tx), Some(s)) = (senders.get(&(m.namespace, m.name)), m.stat) {
+                let tx = senders
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&(m.namespace, m.name))
+                    .cloned();
+                if let (Some(tx), Some(s)) = (tx, m.stat) {
                     let _ = tx.try_send(pod::convert(s));
                 }
             }
         }
     });
-    // One throttler map serves every revision loop.
+    // One throttler map serves every revision loop, present and future.
     let (ttx, trx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         if let Ok(t) = trx.await {
-            for o in observers {
-                let _ = o.send(Arc::clone(&t));
-            }
+            let _ = throttlers_tx.send(Some(t));
         }
     });
     let shutdown = Shutdown::default();
     let exit = shutdown.exit.clone();
+    let mut config = Config::in_process("activator-local", "127.0.0.1");
+    if args.request_log {
+        config.request_log = Some(console::request_log_template());
+        crate::reqlog::set_sink(console::request_line);
+    }
     let activator = tokio::spawn(crate::run_observed(
         Config {
             ingress: true,
-            ..Config::in_process("activator-local", "127.0.0.1")
+            ..config
         },
         Listeners {
             http1: listener,
@@ -261,13 +247,24 @@ async fn run(args: LocalArgs) -> Result<(), LocalError> {
         shutdown,
         Some(ttx),
     ));
+    let stop = runner.stop.clone();
+    let watching = CancellationToken::new();
+    let runner = Arc::new(tokio::sync::Mutex::new(runner));
+    let watcher = tokio::spawn(reload::watch_files(Arc::clone(&runner), watching.clone()));
     first.cancelled().await;
     tracing::info!("stopping: terminating pods (Ctrl-C again to force)");
+    watching.cancel();
+    let _ = watcher.await;
     stop.cancel();
     exit.cancel();
+    let mut runner = runner.lock().await;
     tokio::select! {
-        _ = async { while loops.join_next().await.is_some() {} } => {}
+        _ = async { while runner.loops.join_next().await.is_some() {} } => {}
         () = second.cancelled() => {}
+    }
+    // Whatever a forced stop left running goes too: no container outlives local mode.
+    if let Some(e) = &runner.engine {
+        e.remove_own().await;
     }
     match activator.await {
         Ok(Ok(())) | Err(_) => Ok(()),

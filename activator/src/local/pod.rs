@@ -1,5 +1,5 @@
-//! Pods as local processes: a `queue-proxy` configured through Knative's env vars, plus the
-//! container's command.
+//! Pods: a `queue-proxy` process configured through Knative's env vars, plus the app: the
+//! container's command as a local process, or its image as a container (see [`super::container`]).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -11,6 +11,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+use super::container::{ContainerApp, ContainerSpec};
+use super::engine::Engine;
 use super::manifest::{RevisionPlan, queue_proxy_probe};
 use crate::catalog::RevisionKey;
 
@@ -31,6 +33,35 @@ pub struct PodTemplate {
     pub plan: RevisionPlan,
     /// The `queue-proxy` binary.
     pub queue_proxy: PathBuf,
+    /// The container engine, for a container with an `image` and no `command`.
+    pub engine: Option<Arc<Engine>>,
+}
+
+/// A pod's app: a local process, or a container run by the engine.
+#[derive(Debug)]
+pub enum App {
+    /// The container's `command`.
+    Process(Child),
+    /// The container's `image`.
+    Container(ContainerApp),
+}
+
+impl App {
+    /// The process id of a local app.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            App::Process(c) => c.id(),
+            App::Container(_) => None,
+        }
+    }
+
+    /// The container's name.
+    pub fn container(&self) -> Option<&str> {
+        match self {
+            App::Process(_) => None,
+            App::Container(c) => Some(&c.name),
+        }
+    }
 }
 
 /// One running pod.
@@ -58,10 +89,12 @@ pub struct Pod {
     pub qp_listening_after: Arc<OnceLock<Duration>>,
     /// Spawn → the queue-proxy reporting the pod ready (set once, by a watcher task).
     pub ready_after: Arc<OnceLock<Duration>>,
+    /// Spawn → the engine reporting the container started (containers only).
+    pub engine_after: Arc<OnceLock<Duration>>,
     /// The queue-proxy process.
     pub qp: Child,
-    /// The app process.
-    pub app: Child,
+    /// The app.
+    pub app: App,
     /// The pod's ports, held until the pod is dropped ([`super::port`]).
     pub ports: super::port::Lease,
 }
@@ -74,8 +107,21 @@ impl Pod {
 
     /// Whether either process has exited.
     pub fn exited(&mut self) -> bool {
-        matches!(self.app.try_wait(), Ok(Some(_)) | Err(_))
-            || matches!(self.qp.try_wait(), Ok(Some(_)) | Err(_))
+        let app = match &mut self.app {
+            App::Process(c) => matches!(c.try_wait(), Ok(Some(_)) | Err(_)),
+            App::Container(c) => c.exited(),
+        };
+        app || matches!(self.qp.try_wait(), Ok(Some(_)) | Err(_))
+    }
+
+    /// Whether the app has been started: a process at once, a container once the engine says
+    /// so. Until then the pod is not routed to: podman holds a published port open before the
+    /// container runs, so a TCP readiness probe could pass with no app behind it.
+    pub fn started(&self) -> bool {
+        match &self.app {
+            App::Process(_) => true,
+            App::Container(_) => self.engine_after.get().is_some(),
+        }
     }
 
     /// Asks the queue-proxy whether the pod is ready (`K-Network-Probe: queue`), and that the
@@ -90,13 +136,13 @@ fn secs(d: Option<Duration>) -> String {
 }
 
 /// Prefixes each line of the child's stdout/stderr with `prefix` and passes it on.
-fn pipe_lines(prefix: String, child: &mut Child) {
+pub(super) fn pipe_lines(prefix: String, child: &mut Child) {
     if let Some(out) = child.stdout.take() {
         let p = prefix.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(out).lines();
             while let Ok(Some(l)) = lines.next_line().await {
-                println!("[{p}] {l}");
+                super::console::print(&super::console::pod_line(&p, &l));
             }
         });
     }
@@ -104,7 +150,7 @@ fn pipe_lines(prefix: String, child: &mut Child) {
         tokio::spawn(async move {
             let mut lines = BufReader::new(err).lines();
             while let Ok(Some(l)) = lines.next_line().await {
-                eprintln!("[{prefix}] {l}");
+                super::console::print(&super::console::pod_line(&prefix, &l));
             }
         });
     }
@@ -122,24 +168,60 @@ pub fn start(t: &PodTemplate, n: u64) -> std::io::Result<Pod> {
     let (qp_port, user_port, tls) = (ports.get(0), ports.get(1), ports.get(2));
     let (admin, metrics, user_metrics) = (ports.get(3), ports.get(4), ports.get(5));
     let spawned = Instant::now();
-    let mut app = Command::new(&t.program);
-    // argv[0] is the command as written, as a container runtime execs it (the program itself
-    // may have been found next to this binary).
-    app.arg0(&t.plan.program)
-        .args(&t.plan.args)
-        .envs(t.plan.env.iter().map(|(k, v)| (k, v)))
-        .env("PORT", user_port.to_string())
-        .env("K_SERVICE", &t.service)
-        .env("K_REVISION", &t.key.name)
-        .env("K_CONFIGURATION", &t.service)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut app = app
-        .spawn()
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", t.program.display())))?;
-    pipe_lines(name.clone(), &mut app);
+    let engine_after = Arc::new(OnceLock::new());
+    let app = match (&t.engine, &t.plan.image) {
+        (Some(engine), Some(image)) if t.plan.program.as_os_str().is_empty() => {
+            let mut env = vec![
+                // Knative's contract: the app listens on `containerPort`, given in `PORT`.
+                ("PORT".to_owned(), t.plan.container_port.to_string()),
+                ("K_SERVICE".to_owned(), t.service.clone()),
+                ("K_CONFIGURATION".to_owned(), t.service.clone()),
+                ("K_REVISION".to_owned(), t.key.name.clone()),
+            ];
+            env.extend(t.plan.env.iter().cloned());
+            App::Container(ContainerApp::start(
+                Arc::clone(engine),
+                ContainerSpec {
+                    name: format!("kn-local-{}-{n}", t.key.name),
+                    pod: name.clone(),
+                    image: image.clone(),
+                    pull: t.plan.image_pull_policy.clone(),
+                    args: t.plan.args.clone(),
+                    working_dir: t.plan.working_dir.clone(),
+                    env,
+                    host_port: user_port,
+                    container_port: t.plan.container_port,
+                    grace: t.plan.timeout,
+                },
+                spawned,
+                Arc::clone(&engine_after),
+            ))
+        }
+        _ => {
+            let mut app = Command::new(&t.program);
+            // argv[0] is the command as written, as a container runtime execs it (the program
+            // itself may have been found next to this binary).
+            app.arg0(&t.plan.program)
+                .args(&t.plan.args)
+                .envs(t.plan.env.iter().map(|(k, v)| (k, v)))
+                .env("PORT", user_port.to_string())
+                .env("K_SERVICE", &t.service)
+                .env("K_REVISION", &t.key.name)
+                .env("K_CONFIGURATION", &t.service)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true);
+            if let Some(d) = &t.plan.working_dir {
+                app.current_dir(d);
+            }
+            let mut app = app.spawn().map_err(|e| {
+                std::io::Error::new(e.kind(), format!("{}: {e}", t.program.display()))
+            })?;
+            pipe_lines(name.clone(), &mut app);
+            App::Process(app)
+        }
+    };
     let probe = queue_proxy_probe(
         t.plan.readiness_probe.as_ref(),
         user_port,
@@ -180,6 +262,8 @@ pub fn start(t: &PodTemplate, n: u64) -> std::io::Result<Pod> {
         .env("QUEUE_METRICS_PORT", metrics.to_string())
         .env("QUEUE_USER_METRICS_PORT", user_metrics.to_string())
         .env("QUEUE_DRAIN_SECONDS", "1")
+        // Only the activator's `--listen` is meant to be reachable from other machines.
+        .env("QUEUE_BIND_ADDRESS", "127.0.0.1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -189,16 +273,21 @@ pub fn start(t: &PodTemplate, n: u64) -> std::io::Result<Pod> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", t.queue_proxy.display())))?;
     pipe_lines(format!("{name}/queue-proxy"), &mut qp);
     let listening_after = Arc::new(OnceLock::new());
+    // A container's published port accepts (held by the engine) before the container runs;
+    // only once the engine has started it does a connect reach the app.
+    let gate = matches!(app, App::Container(_)).then(|| Arc::clone(&engine_after));
     tokio::spawn(watch_listening(
         user_port,
         spawned,
         Arc::clone(&listening_after),
+        gate,
     ));
     let qp_listening_after = Arc::new(OnceLock::new());
     tokio::spawn(watch_listening(
         qp_port,
         spawned,
         Arc::clone(&qp_listening_after),
+        None,
     ));
     let ready_after = Arc::new(OnceLock::new());
     tokio::spawn(watch_ready(
@@ -207,6 +296,7 @@ pub fn start(t: &PodTemplate, n: u64) -> std::io::Result<Pod> {
         spawned,
         Arc::clone(&ready_after),
     ));
+    super::console::register_pod(format!("127.0.0.1:{qp_port}"), name.clone());
     tracing::info!(revision = %t.key, pod = %name, "pod started");
     Ok(Pod {
         name,
@@ -220,6 +310,7 @@ pub fn start(t: &PodTemplate, n: u64) -> std::io::Result<Pod> {
         listening_after,
         qp_listening_after,
         ready_after,
+        engine_after,
         qp,
         app,
         ports,
@@ -229,9 +320,15 @@ pub fn start(t: &PodTemplate, n: u64) -> std::io::Result<Pod> {
 /// Measures the pod-start share of a cold start: connects to the app's port every millisecond
 /// (every 10 ms after the first second) until it accepts. The poll costs little next to a
 /// process start and bounds the error to the interval.
-async fn watch_listening(port: u16, spawned: Instant, out: Arc<OnceLock<Duration>>) {
+async fn watch_listening(
+    port: u16,
+    spawned: Instant,
+    out: Arc<OnceLock<Duration>>,
+    after: Option<Arc<OnceLock<Duration>>>,
+) {
     while spawned.elapsed() < LISTEN_WATCH {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        let open = after.as_ref().is_none_or(|a| a.get().is_some());
+        if open && TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
             let _ = out.set(spawned.elapsed());
             return;
         }
@@ -336,12 +433,18 @@ pub async fn stop(mut pod: Pod) {
     signal(&pod.qp, Signal::TERM);
     let admin = pod.ports.get(3);
     let _ = tokio::time::timeout(Duration::from_secs(10), wait_for_drain(admin)).await;
-    signal(&pod.app, Signal::TERM);
-    if tokio::time::timeout(Duration::from_secs(2), pod.app.wait())
-        .await
-        .is_err()
-    {
-        let _ = pod.app.kill().await;
+    // Knative stops the user container with SIGTERM once the queue-proxy has drained.
+    match pod.app {
+        App::Process(mut app) => {
+            signal(&app, Signal::TERM);
+            if tokio::time::timeout(Duration::from_secs(2), app.wait())
+                .await
+                .is_err()
+            {
+                let _ = app.kill().await;
+            }
+        }
+        App::Container(c) => c.stop().await,
     }
     if tokio::time::timeout(Duration::from_secs(10), pod.qp.wait())
         .await

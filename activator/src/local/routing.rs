@@ -150,7 +150,55 @@ impl Router {
     }
 
     /// Recomputes and publishes every Service's routes.
+    /// Applies the Services again (a live reload): a Service's revisions are those it had,
+    /// then the ones its document declares now (newest last, so `latestRevision` still means
+    /// the newest *ready* one and the previous revision keeps the traffic until the new one is
+    /// ready); Services left out of the files keep their routes (`kubectl apply` without
+    /// `--prune`). Returns the routing of each revision not seen before, for its loop.
+    pub fn update(
+        &mut self,
+        services: Vec<ServicePlan>,
+    ) -> BTreeMap<(String, String), watch::Receiver<Routing>> {
+        let mut fresh = BTreeMap::new();
+        for svc in services {
+            for r in &svc.revisions {
+                let key = (svc.namespace.clone(), r.name.clone());
+                if !self.loops.contains_key(&key) {
+                    let (tx, rx) = watch::channel(Routing::default());
+                    self.loops.insert(key.clone(), tx);
+                    fresh.insert(key, rx);
+                }
+            }
+            match self
+                .services
+                .iter_mut()
+                .find(|s| s.namespace == svc.namespace && s.name == svc.name)
+            {
+                Some(cur) => {
+                    let mut revisions: Vec<_> = cur
+                        .revisions
+                        .drain(..)
+                        .filter(|old| !svc.revisions.iter().any(|r| r.name == old.name))
+                        .collect();
+                    revisions.extend(svc.revisions);
+                    *cur = ServicePlan { revisions, ..svc };
+                }
+                None => self.services.push(svc),
+            }
+        }
+        self.apply();
+        fresh
+    }
+
+    /// Records that a revision is ready (latched) and moves the routes that follow it.
+    pub fn mark_ready(&mut self, key: &RevisionKey) {
+        if self.ready.insert((key.namespace.clone(), key.name.clone())) {
+            self.apply();
+        }
+    }
+
     fn apply(&mut self) {
+        let mut hosts = BTreeSet::new();
         for svc in &self.services {
             let ready: BTreeSet<String> = self
                 .ready
@@ -171,6 +219,7 @@ impl Router {
                 }
                 let shown: Vec<String> = split.iter().map(|(r, p)| format!("{r} {p}%")).collect();
                 let shown = shown.join(", ");
+                hosts.insert(host.clone());
                 if self.shown.get(&host) != Some(&shown) {
                     tracing::info!(route = %format!("http://{}/ (Host: {host})", self.listen), to = %shown, "serving");
                     self.shown.insert(host.clone(), shown);
@@ -201,26 +250,40 @@ impl Router {
                 }
             }
         }
-    }
-
-    /// Until `stop`: each revision that becomes ready (reported once by its loop) re-routes.
-    pub async fn run(
-        mut self,
-        mut ready: mpsc::UnboundedReceiver<RevisionKey>,
-        stop: CancellationToken,
-    ) {
-        loop {
-            let key = tokio::select! {
-                () = stop.cancelled() => return,
-                k = ready.recv() => match k {
-                    Some(k) => k,
-                    None => return,
-                },
-            };
-            if self.ready.insert((key.namespace.clone(), key.name.clone())) {
-                self.apply();
-            }
+        // A tag taken out of the YAML: its host goes.
+        let gone: Vec<String> = self
+            .shown
+            .keys()
+            .filter(|h| !hosts.contains(*h))
+            .cloned()
+            .collect();
+        for h in gone {
+            self.catalog.remove_route(&h);
+            self.shown.remove(&h);
+            tracing::info!(host = %h, "route removed");
         }
+    }
+}
+
+/// Marks revisions ready as their loops report it, until `stop` (the router is shared with the
+/// reload, which adds Services and revisions; the lock is never held across an await).
+pub async fn follow_ready(
+    router: std::sync::Arc<std::sync::Mutex<Router>>,
+    mut ready: mpsc::UnboundedReceiver<RevisionKey>,
+    stop: CancellationToken,
+) {
+    loop {
+        let key = tokio::select! {
+            () = stop.cancelled() => return,
+            k = ready.recv() => match k {
+                Some(k) => k,
+                None => return,
+            },
+        };
+        router
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .mark_ready(&key);
     }
 }
 

@@ -64,6 +64,10 @@ impl RevisionLoop {
         let mut cold: Option<ColdStart> = None;
         let mut last_cold = serde_json::Value::Null;
         let mut pending_report: Option<(ColdStart, String)> = None;
+        // Pods that exit before ever being ready (a missing image, a bad command) are retried
+        // with a doubling delay, as the kubelet backs off, instead of at every tick.
+        let mut failures = 0u32;
+        let mut retry_at: Option<Instant> = None;
         let recheck = Recheck::from_probe(self.template.plan.readiness_probe.as_ref());
         // Knative's revision is ready once its initial scale (at least min-scale) is ready.
         let ready_at = usize::try_from(
@@ -116,22 +120,30 @@ impl RevisionLoop {
                 throttlers = Some(t);
             }
             // A pod whose app or queue-proxy exited is dropped; the next tick replaces it.
-            let before = pods.len();
-            pods.retain_mut(|p| {
-                let dead = p.exited();
-                if dead {
+            // Its remains (the other process, a stopped container) are stopped and removed.
+            let mut i = 0;
+            while i < pods.len() {
+                if pods[i].exited() {
+                    let p = pods.remove(i);
+                    if !p.ready && p.ready_after.get().is_none() {
+                        failures = failures.saturating_add(1);
+                        let backoff = Duration::from_secs(1 << failures.min(5).saturating_sub(1));
+                        retry_at = Some(Instant::now() + backoff);
+                        tracing::warn!(revision = %key, pod = %p.name, retry_in = ?backoff,
+                            "pod failed before it was ready; retrying later");
+                    }
                     tracing::warn!(revision = %key, pod = %p.name, "pod exited; replacing it");
+                    tokio::spawn(pod::stop(p));
+                    last_tick = None;
+                } else {
+                    i += 1;
                 }
-                !dead
-            });
-            if pods.len() != before {
-                last_tick = None;
             }
             // Not-ready pods are probed every poll, ready ones every `recheck.period`; all in
             // parallel, so one pod that hangs a probe does not stall the others.
             let now = Instant::now();
             let due: Vec<usize> = (0..pods.len())
-                .filter(|&i| !pods[i].ready || now >= pods[i].next_probe)
+                .filter(|&i| pods[i].started() && (!pods[i].ready || now >= pods[i].next_probe))
                 .collect();
             let results =
                 futures_util::future::join_all(due.iter().map(|&i| pods[i].probe())).await;
@@ -147,6 +159,8 @@ impl RevisionLoop {
                     }
                 } else if ok {
                     p.ready = true;
+                    failures = 0;
+                    retry_at = None;
                     p.probe_failures = 0;
                     p.next_probe = Instant::now() + recheck.period;
                     let start_ms = p.listening_after.get().map(|d| ms(*d));
@@ -193,7 +207,8 @@ impl RevisionLoop {
             kpa.record_scrape(now, &scraped, ready);
             let snap = kpa.tick(now, ready, true);
             let want = usize::try_from(snap.desired_pods).unwrap_or(0);
-            while pods.len() < want {
+            let backing_off = retry_at.is_some_and(|t| Instant::now() < t);
+            while !backing_off && pods.len() < want {
                 seq += 1;
                 match pod::start(&self.template, seq) {
                     Ok(p) => {
@@ -224,28 +239,32 @@ impl RevisionLoop {
                 .as_ref()
                 .and_then(|t| t.get(&key).map(|t| t.waiting()))
                 .unwrap_or(0);
-            status::publish(
-                &self.status,
-                key.to_string(),
-                serde_json::json!({
-                    "routes": routing.routes.iter().map(|(h, p)| serde_json::json!({"host": h, "percent": p})).collect::<Vec<_>>(),
-                    "desired_pods": snap.desired_pods,
-                    "ready_pods": ready,
-                    "held_requests": held,
-                    "pods": pods.iter().map(|p| serde_json::json!({
-                        "name": p.name,
-                        "ready": p.ready,
-                        "app_pid": p.app.id(),
-                        "queue_proxy_pid": p.qp.id(),
-                    })).collect::<Vec<_>>(),
-                    "stable_concurrency": snap.stable_concurrency,
-                    "panic_concurrency": snap.panic_concurrency,
-                    "panic": snap.panic,
-                    "excess_burst_capacity": snap.excess_burst_capacity,
-                    "last_cold_start": last_cold,
-                }),
+            let status_json = serde_json::json!({
+                "routes": routing.routes.iter().map(|(h, p)| serde_json::json!({"host": h, "percent": p})).collect::<Vec<_>>(),
+                "desired_pods": snap.desired_pods,
+                "ready_pods": ready,
+                "held_requests": held,
+                "pods": pods.iter().map(|p| serde_json::json!({
+                    "name": p.name,
+                    "address": p.addr(),
+                    "ready": p.ready,
+                    "app_pid": p.app.pid(),
+                    "container": p.app.container(),
+                    "queue_proxy_pid": p.qp.id(),
+                })).collect::<Vec<_>>(),
+                "stable_concurrency": snap.stable_concurrency,
+                "panic_concurrency": snap.panic_concurrency,
+                "panic": snap.panic,
+                "excess_burst_capacity": snap.excess_burst_capacity,
+                "last_cold_start": last_cold,
+            });
+            super::console::set_row(
+                &key.to_string(),
+                super::console::row(&key.to_string(), &status_json),
             );
-            if last_line.elapsed() >= STATUS_LINE {
+            status::publish(&self.status, key.to_string(), status_json);
+            // On a terminal the live view shows this; piped, a line every few seconds.
+            if !super::console::live() && last_line.elapsed() >= STATUS_LINE {
                 last_line = Instant::now();
                 tracing::info!(
                     revision = %key,
@@ -267,7 +286,8 @@ impl RevisionLoop {
     }
 
     fn publish_endpoints(&self, pods: &[Pod], published: &mut Endpoints) {
-        let (ready, not_ready): (Vec<&Pod>, Vec<&Pod>) = pods.iter().partition(|p| p.ready);
+        let (ready, not_ready): (Vec<&Pod>, Vec<&Pod>) =
+            pods.iter().filter(|p| p.started()).partition(|p| p.ready);
         let ep = Endpoints {
             ready: ready.iter().map(|p| p.addr()).collect(),
             not_ready: not_ready.iter().map(|p| p.addr()).collect(),
@@ -294,10 +314,15 @@ fn cold_start_record(
     let started = app.max(qp);
     let scheduling_ms = c.scheduled_after.map(ms);
     let readiness_ms = ms(ready.saturating_sub(started));
+    // For a container: spawn → the engine reporting it started, and the rest of the app's start.
+    let engine_ms = p.engine_after.get().map(|d| ms(*d));
+    let app_after_engine_ms = p.engine_after.get().map(|e| ms(app.saturating_sub(*e)));
     tracing::info!(
         revision = %key,
         pod = %p.name,
         scheduling_ms = ?scheduling_ms,
+        engine_start_ms = ?engine_ms,
+        app_after_engine_ms = ?app_after_engine_ms,
         pod_start_ms = ms(started),
         app_listening_ms = ms(app),
         queue_proxy_listening_ms = ms(qp),
@@ -309,6 +334,8 @@ fn cold_start_record(
         "scheduling_ms": scheduling_ms,
         "pod_start_ms": ms(started),
         "app_listening_ms": ms(app),
+        "engine_start_ms": engine_ms,
+        "app_after_engine_ms": app_after_engine_ms,
         "queue_proxy_listening_ms": ms(qp),
         "readiness_ms": readiness_ms,
     })

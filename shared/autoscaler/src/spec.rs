@@ -30,16 +30,19 @@ pub struct DeciderSpec {
     /// Per-pod target (metric units).
     pub target_value: f64,
     /// Per-pod capacity (metric units).
+    #[serde(default)]
     pub total_value: f64,
     /// -1 unlimited, 0 none, > 0 spare capacity to keep.
+    #[serde(default)]
     pub target_burst_capacity: f64,
     /// Capacity of one activator.
     #[serde(default = "default_activator_capacity")]
     pub activator_capacity: f64,
     /// Panic threshold as a ratio (2.0 = 200%).
+    #[serde(default)]
     pub panic_threshold: f64,
-    /// The stable window (panic exit).
-    #[serde(rename = "stable_window_s", with = "secs")]
+    /// The stable window (panic exit); 0 when omitted, as Go's zero value.
+    #[serde(rename = "stable_window_s", with = "secs", default)]
     pub stable_window: Duration,
     /// Scale-down delay (0 = none).
     #[serde(rename = "scale_down_delay_s", with = "secs", default)]
@@ -112,9 +115,8 @@ impl DeciderSpec {
         if !(self.target_burst_capacity >= 0.0 || self.target_burst_capacity == -1.0) {
             return Err("target_burst_capacity must be >= 0 or -1".to_owned());
         }
-        if self.stable_window < Duration::from_secs(1) {
-            return Err("stable_window_s must be >= 1".to_owned());
-        }
+        // A stable window of 0 is accepted, as Knative's decider accepts it (its own scaling
+        // tests leave it unset): panic mode then ends at the first tick below the threshold.
         Ok(())
     }
 }

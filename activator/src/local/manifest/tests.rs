@@ -122,14 +122,40 @@ fn syntax_errors_name_the_line() {
 }
 
 #[test]
-fn image_without_command_is_an_error_that_says_why() {
-    let bad = HELLO.replace(r#"- command: ["helloworld"]"#, "- image: gcr.io/x/y");
+fn a_container_needs_an_image_or_a_command() {
+    let bad = HELLO.replace(r#"- command: ["helloworld"]"#, "- name: app");
     let e = err(&[("a.yaml", &bad)]);
     assert!(
         e.contains("a.yaml:8: spec.template.spec.containers:"),
         "{e}"
     );
-    assert!(e.contains("local mode runs commands"), "{e}");
+    assert!(e.contains("needs an `image`"), "{e}");
+    let bad = HELLO.replace(
+        r#"- command: ["helloworld"]"#,
+        "- image: dev.local/hello:local\n          imagePullPolicy: Sometimes",
+    );
+    let e = err(&[("a.yaml", &bad)]);
+    assert!(
+        e.contains("containers.imagePullPolicy: \"Sometimes\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn image_without_command_runs_the_image_with_its_args_and_working_dir() {
+    let img = HELLO.replace(
+        r#"- command: ["helloworld"]"#,
+        "- image: dev.local/hello:local\n          args: [\"-v\"]\n          workingDir: /srv\n          imagePullPolicy: Never",
+    );
+    let (svcs, warnings) =
+        parse(&[("a.yaml", &img)], &autoscaler::Config::default()).expect("valid");
+    let r = &svcs[0].revisions[0];
+    assert_eq!(r.image.as_deref(), Some("dev.local/hello:local"));
+    assert!(r.program.as_os_str().is_empty());
+    assert_eq!(r.args, ["-v"]);
+    assert_eq!(r.working_dir.as_deref(), Some("/srv"));
+    assert_eq!(r.image_pull_policy.as_deref(), Some("Never"));
+    assert!(warnings.is_empty(), "{warnings:?}");
 }
 
 #[test]
@@ -283,11 +309,15 @@ fn the_examples_parse() {
             "traffic-split.yaml",
             include_str!("../../../../examples/traffic-split.yaml"),
         ),
+        (
+            "hello-image/service.yaml",
+            include_str!("../../../../examples/hello-image/service.yaml"),
+        ),
     ];
     let (svcs, warnings) = parse(&files, &cfg).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
     let names: Vec<&str> = svcs.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["helloworld", "autoscale", "hello"]);
+    assert_eq!(names, ["helloworld", "autoscale", "hello", "hello-image"]);
     assert_eq!(svcs[2].revisions.len(), 2);
     assert_eq!(svcs[2].traffic.len(), 2);
 }

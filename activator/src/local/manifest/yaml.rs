@@ -87,6 +87,10 @@ pub(super) struct Container {
     #[serde(default)]
     pub(super) image: Option<String>,
     #[serde(default)]
+    pub(super) image_pull_policy: Option<String>,
+    #[serde(default)]
+    pub(super) working_dir: Option<String>,
+    #[serde(default)]
     pub(super) command: Vec<String>,
     #[serde(default)]
     pub(super) args: Vec<String>,

@@ -140,6 +140,9 @@ pub struct Config {
     pub tracing: Option<shared::telemetry::otlp::ExportConfig>,
     /// Request log template from `config-observability`; `None` = off (Knative's default).
     pub request_log: Option<shared::telemetry::reqlog::Template>,
+    /// Why `config-observability`'s request-log keys could not be applied: logged once at
+    /// start, and the activator serves without request logs, as Knative's does.
+    pub request_log_error: Option<String>,
 }
 
 impl Config {
@@ -166,6 +169,7 @@ impl Config {
             logging: crate::configmap::LoggingConfig::default(),
             tracing: None,
             request_log: None,
+            request_log_error: None,
         }
     }
 }
@@ -321,6 +325,11 @@ impl TryFrom<ServeArgs> for Config {
         if a.max_queued_requests == 0 {
             return Err(bad("ACTIVATOR_MAX_QUEUED_REQUESTS", "must be > 0"));
         }
+        // Knative's activator logs a request-log setting it cannot apply and serves on.
+        let request_log = match &a.config_observability {
+            Some(p) => crate::configmap::read_request_log(p).map_err(|e| e.to_string()),
+            None => Ok(None),
+        };
         Ok(Self {
             pod_name: required("POD_NAME", a.pod_name)?,
             pod_ip: required("POD_IP", a.pod_ip)?,
@@ -348,11 +357,8 @@ impl TryFrom<ServeArgs> for Config {
                     .map_err(|e| bad("ACTIVATOR_CONFIG_OBSERVABILITY", e.to_string()))?,
                 None => None,
             },
-            request_log: match &a.config_observability {
-                Some(p) => crate::configmap::read_request_log(p)
-                    .map_err(|e| bad("ACTIVATOR_CONFIG_OBSERVABILITY", e.to_string()))?,
-                None => None,
-            },
+            request_log: request_log.as_ref().ok().cloned().flatten(),
+            request_log_error: request_log.err(),
         })
     }
 }
@@ -381,6 +387,9 @@ pub fn main(args: ServeArgs) -> ExitCode {
         }),
         level,
     );
+    if let Some(e) = &config.request_log_error {
+        tracing::error!(error = %e, "Failed to update the request log template.");
+    }
     let rt = match runtime().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -38,6 +38,7 @@ impl Line {
         let spec = throttler.spec();
         let key = &throttler.key;
         Self {
+            entry: template.entry(req),
             template,
             revision: Revision {
                 name: key.name.clone(),
@@ -47,7 +48,6 @@ impl Line {
                 pod_name: String::new(),
                 pod_ip: String::new(),
             },
-            entry: Entry::from_request(req),
             start,
         }
     }

@@ -65,9 +65,6 @@ pub struct Listeners {
 /// Start-up failures of [`run`].
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The request-log template does not parse.
-    #[error(transparent)]
-    Template(#[from] reqlog::TemplateError),
     /// The TLS certificate cannot be loaded or the TLS settings are unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -127,7 +124,7 @@ impl Listeners {
 /// timeout), upgraded connections get up to 60 s, and the function returns.
 ///
 /// # Errors
-/// Request-log template errors, and a TLS certificate that cannot be loaded.
+/// A TLS certificate that cannot be loaded.
 pub async fn run(
     config: Config,
     listeners: Listeners,
@@ -135,9 +132,22 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let started = Instant::now();
     let obs = &config.observability;
-    let log = if obs.enable_request_log && !obs.request_log_template.is_empty() {
+    // Knative (`sharedmain.requestLogHandler`): a template its parser rejects is logged and the
+    // pod serves without request logs.
+    let template = match obs.enable_request_log && !obs.request_log_template.is_empty() {
+        true => reqlog::Template::parse(&obs.request_log_template)
+            .inspect_err(|e| {
+                tracing::error!(
+                    error = %e,
+                    "Error setting up request logger. Request logs will be unavailable."
+                );
+            })
+            .ok(),
+        false => None,
+    };
+    let log = if let Some(template) = template {
         Some((
-            reqlog::Template::parse(&obs.request_log_template)?,
+            template,
             reqlog::Revision {
                 name: config.revision.clone(),
                 namespace: config.namespace.clone(),

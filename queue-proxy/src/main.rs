@@ -59,10 +59,6 @@ fn main() {
         };
         match queue_proxy::run(config, listeners, first).await {
             Ok(()) => 0,
-            Err(e @ queue_proxy::StartError::Template(_)) => {
-                tracing::error!(error = %e, "invalid configuration");
-                EXIT_CONFIG
-            }
             // Knative: a certificate that cannot be loaded is fatal (exit 1).
             Err(e @ queue_proxy::StartError::Tls(_)) => {
                 tracing::error!(error = %e, "Failed to bring up queue-proxy, shutting down.");

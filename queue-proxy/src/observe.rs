@@ -25,7 +25,7 @@ use shared::http::proxy::Tunnel;
 use shared::telemetry::trace::TraceContext;
 use tower::Service;
 
-use crate::reqlog::{Entry, Revision, Template};
+use crate::reqlog::{Entry, Revision, Template, TlsState};
 use crate::stack::{InFlightCounter, InFlightGuard, QpBody, Resp};
 
 /// Knative's histogram buckets for request durations, in seconds.
@@ -230,8 +230,13 @@ where
                     tls: req
                         .extensions()
                         .get::<crate::tls::TlsInfo>()
-                        .map(ToString::to_string),
-                    ..Entry::from_request(&req)
+                        .map(|t| TlsState {
+                            version: t.version,
+                            cipher_suite: t.cipher_suite,
+                            alpn: t.alpn.clone(),
+                            server_name: t.server_name.clone(),
+                        }),
+                    ..l.0.entry(&req)
                 };
                 Some((l.clone(), entry))
             }

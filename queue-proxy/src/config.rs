@@ -511,6 +511,36 @@ impl TryFrom<Cli> for Config {
         let tls = {
             use crate::tls::{Version, parse_cipher_suites, parse_curves, parse_version};
             let s = |v: &Option<String>| v.clone().unwrap_or_default();
+            let mut env_error: Option<String> = None;
+            let mut bad = |var: &str, e: String| {
+                env_error.get_or_insert_with(|| format!("{var}: {e}"));
+            };
+            let min_version = parse_version(&s(&c.queue_proxy_tls_min_version), Version::Tls13)
+                .unwrap_or_else(|e| {
+                    bad("QUEUE_PROXY_TLS_MIN_VERSION", e);
+                    Version::Tls13
+                });
+            let max_version = parse_version(&s(&c.queue_proxy_tls_max_version), Version::Tls13)
+                .unwrap_or_else(|e| {
+                    bad("QUEUE_PROXY_TLS_MAX_VERSION", e);
+                    Version::Tls13
+                });
+            if min_version > max_version {
+                bad(
+                    "QUEUE_PROXY_TLS_MAX_VERSION",
+                    "lower than QUEUE_PROXY_TLS_MIN_VERSION".into(),
+                );
+            }
+            let suites =
+                parse_cipher_suites(&s(&c.queue_proxy_tls_cipher_suites)).unwrap_or_else(|e| {
+                    bad("QUEUE_PROXY_TLS_CIPHER_SUITES", e);
+                    Default::default()
+                });
+            let curves =
+                parse_curves(&s(&c.queue_proxy_tls_curve_preferences)).unwrap_or_else(|e| {
+                    bad("QUEUE_PROXY_TLS_CURVE_PREFERENCES", e);
+                    Vec::new()
+                });
             crate::tls::TlsConfig {
                 cert_dir: c
                     .queue_tls_cert_dir
@@ -523,22 +553,20 @@ impl TryFrom<Cli> for Config {
                         _ => return Err(invalid("QUEUE_TLS_RELOAD_SECONDS", "must be positive")),
                     },
                 },
-                min_version: parse_version(&s(&c.queue_proxy_tls_min_version), Version::Tls13)
-                    .map_err(|e| invalid("QUEUE_PROXY_TLS_MIN_VERSION", e))?,
-                max_version: parse_version(&s(&c.queue_proxy_tls_max_version), Version::Tls13)
-                    .map_err(|e| invalid("QUEUE_PROXY_TLS_MAX_VERSION", e))?,
-                cipher_suites: parse_cipher_suites(&s(&c.queue_proxy_tls_cipher_suites))
-                    .map_err(|e| invalid("QUEUE_PROXY_TLS_CIPHER_SUITES", e))?,
-                curves: parse_curves(&s(&c.queue_proxy_tls_curve_preferences))
-                    .map_err(|e| invalid("QUEUE_PROXY_TLS_CURVE_PREFERENCES", e))?,
+                min_version,
+                max_version,
+                cipher_suites: suites.tls12,
+                curves,
+                skipped: suites
+                    .skipped
+                    .into_iter()
+                    .chain(crate::tls::skipped_curves(&s(
+                        &c.queue_proxy_tls_curve_preferences
+                    )))
+                    .collect(),
+                env_error,
             }
         };
-        if tls.min_version > tls.max_version {
-            return Err(invalid(
-                "QUEUE_PROXY_TLS_MAX_VERSION",
-                "lower than QUEUE_PROXY_TLS_MIN_VERSION",
-            ));
-        }
         let tracing = shared::telemetry::otlp::ExportConfig::from_knative(
             &observability.tracing_protocol,
             observability.tracing_endpoint.as_deref(),
@@ -674,19 +702,27 @@ mod tests {
             let e = Config::try_from(c).unwrap_err().to_string();
             assert!(e.contains(name), "{name}: {e}");
         };
-        named(
+        // Knative reads the TLS variables only with a certificate mounted, then exits 1:
+        // accepted here, kept as the TLS listener's start-up error.
+        let deferred = |f: fn(&mut Cli), name: &str| {
+            let mut c = cli();
+            f(&mut c);
+            let e = Config::try_from(c).unwrap().tls.env_error.unwrap();
+            assert!(e.contains(name), "{name}: {e}");
+        };
+        deferred(
             |c| c.queue_proxy_tls_min_version = Some("1.1".into()),
             "QUEUE_PROXY_TLS_MIN_VERSION",
         );
-        named(
+        deferred(
             |c| c.queue_proxy_tls_max_version = Some("1.2".into()),
             "QUEUE_PROXY_TLS_MAX_VERSION",
         );
-        named(
+        deferred(
             |c| c.queue_proxy_tls_cipher_suites = Some("TLS_RSA_WITH_RC4_128_SHA".into()),
             "QUEUE_PROXY_TLS_CIPHER_SUITES",
         );
-        named(
+        deferred(
             |c| c.queue_proxy_tls_curve_preferences = Some("Curve25519x".into()),
             "QUEUE_PROXY_TLS_CURVE_PREFERENCES",
         );

@@ -162,6 +162,9 @@ pub async fn run(
     };
     let tls = match &listeners.tls {
         Some(_) => {
+            if let Some(e) = &config.tls.env_error {
+                return Err(tls::TlsError::Env(e.clone()).into());
+            }
             let provider = Arc::new(tls::provider_for(&config.tls));
             let store = Arc::new(tls::CertStore::load(&config.tls.cert_dir, provider)?);
             let server = tls::server_config(&config.tls, store.clone())?;

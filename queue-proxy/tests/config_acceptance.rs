@@ -100,3 +100,88 @@ async fn a_template_failing_at_run_time_writes_knatives_fallback_line() {
     );
     assert!(l.ends_with(", url: /x?y=1"), "{l}");
 }
+
+fn cert_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("qp-cfgacc-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    std::fs::write(d.join("tls.crt"), c.cert.pem()).unwrap();
+    std::fs::write(d.join("tls.key"), c.key_pair.serialize_pem()).unwrap();
+    d
+}
+
+/// curl (installed by `.ci/run`) over TLS to `addr`, bounded: (success, body).
+fn curl_tls(addr: std::net::SocketAddr, ca: &std::path::Path, extra: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert", ca.to_str().unwrap()])
+        .args(extra)
+        .arg(format!("https://{addr}/"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Issue 14 item 3: TLS 1.3 suite names (in Go's `tls.CipherSuites()`) and Go suites rustls
+/// lacks are accepted; the TLS port serves.
+#[tokio::test]
+async fn tls13_and_go_only_cipher_suite_names_are_accepted() {
+    let app = start_app().await;
+    for (i, suites) in [
+        "TLS_AES_128_GCM_SHA256,TLS_AES_256_GCM_SHA384,TLS_CHACHA20_POLY1305_SHA256",
+        "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA,TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = cert_dir(&format!("suites{i}"));
+        let qp = start_qp(
+            env(app.addr.port())
+                .set("QUEUE_TLS_CERT_DIR", dir.to_str().unwrap())
+                .set("QUEUE_PROXY_TLS_CIPHER_SUITES", suites),
+        )
+        .await;
+        let (addr, ca) = (qp.tls.unwrap(), dir.join("tls.crt"));
+        let (ok, body) = tokio::task::spawn_blocking(move || curl_tls(addr, &ca, &[]))
+            .await
+            .unwrap();
+        assert!(ok && body == "ok", "{suites}: {body}");
+        if i == 1 {
+            wait_line(&qp, "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA").await;
+        }
+        drop(qp);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// A suite name Go rejects: Knative reads the TLS variables only with a certificate mounted
+/// (then it exits 1); without one the pod serves.
+#[tokio::test]
+async fn a_suite_go_rejects_is_fatal_only_with_tls_on() {
+    let app = start_app().await;
+    let qp = start_qp(
+        env(app.addr.port()).set("QUEUE_PROXY_TLS_CIPHER_SUITES", "TLS_RSA_WITH_RC4_128_SHA"),
+    )
+    .await;
+    let (s, _, _) = get(qp.serving, "/", &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    drop(qp);
+    let dir = cert_dir("rc4");
+    let out = env(app.addr.port())
+        .set("QUEUE_TLS_CERT_DIR", dir.to_str().unwrap())
+        .set("QUEUE_PROXY_TLS_CIPHER_SUITES", "TLS_RSA_WITH_RC4_128_SHA")
+        .command()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let all = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(
+        all.contains("Failed to read TLS configuration from environment")
+            && all.contains("QUEUE_PROXY_TLS_CIPHER_SUITES"),
+        "{all}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -185,3 +185,88 @@ async fn a_suite_go_rejects_is_fatal_only_with_tls_on() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 14 item 5: 60 requests with made-up method tokens and random paths add one
+/// `http_request_method="_OTHER"` series, not 60; `server_address`/`server_port` come from the
+/// Host as otelhttp records them.
+#[tokio::test]
+async fn hostile_methods_and_paths_do_not_grow_the_scrape() {
+    let app = start_app().await;
+    let qp = start_qp(env(app.addr.port()).set(
+        "OBSERVABILITY_CONFIG",
+        r#"{"requestMetrics":{"protocol":"prometheus"}}"#,
+    ))
+    .await;
+    let c = client();
+    for i in 0..60 {
+        let req = http::Request::builder()
+            .method(http::Method::from_bytes(format!("X{i}QZ").as_bytes()).unwrap())
+            .uri(format!("http://{}/r/{i}/{}", qp.serving, i * 7919))
+            .header("host", "hello.default.example.com:8080")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = tokio::time::timeout(DEADLINE, c.request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+    }
+    get(qp.serving, "/", &[("host", "hello.default.example.com")]).await;
+    let (_, _, b) = get(qp.user_metrics.unwrap(), "/metrics", &[]).await;
+    let b = String::from_utf8_lossy(&b).into_owned();
+    let series: Vec<&str> = b
+        .lines()
+        .filter(|l| l.starts_with("http_server_request_duration_seconds_count{"))
+        .collect();
+    assert_eq!(series.len(), 2, "{series:#?}");
+    let other = series
+        .iter()
+        .find(|l| l.contains("http_request_method=\"_OTHER\""))
+        .unwrap_or_else(|| panic!("{series:#?}"));
+    assert!(other.ends_with(" 60"), "{other}");
+    assert!(
+        other.contains("server_address=\"hello.default.example.com\"")
+            && other.contains("server_port=\"8080\"")
+            && other.contains("url_scheme=\"http\""),
+        "{other}"
+    );
+    let get_series = series
+        .iter()
+        .find(|l| l.contains("http_request_method=\"GET\""))
+        .unwrap();
+    assert!(get_series.contains("server_port=\"\""), "{get_series}");
+    assert!(!b.contains("X1QZ") && !b.contains("/r/1"), "{b}");
+}
+
+/// Issue 14 item 5: requests on the TLS port are recorded with `url_scheme="https"`.
+#[tokio::test]
+async fn the_tls_port_records_https() {
+    let app = start_app().await;
+    let dir = cert_dir("scheme");
+    let qp = start_qp(
+        env(app.addr.port())
+            .set("QUEUE_TLS_CERT_DIR", dir.to_str().unwrap())
+            .set(
+                "OBSERVABILITY_CONFIG",
+                r#"{"requestMetrics":{"protocol":"prometheus"}}"#,
+            ),
+    )
+    .await;
+    let (addr, ca) = (qp.tls.unwrap(), dir.join("tls.crt"));
+    let (ok, body) = tokio::task::spawn_blocking(move || curl_tls(addr, &ca, &[]))
+        .await
+        .unwrap();
+    assert!(ok, "{body}");
+    let (_, _, b) = get(qp.user_metrics.unwrap(), "/metrics", &[]).await;
+    let b = String::from_utf8_lossy(&b).into_owned();
+    assert!(
+        b.lines().any(
+            |l| l.starts_with("http_server_request_duration_seconds_count{")
+                && l.contains("url_scheme=\"https\"")
+                && l.contains("server_address=\"127.0.0.1\"")
+        ),
+        "{b}"
+    );
+    drop(qp);
+    let _ = std::fs::remove_dir_all(&dir);
+}

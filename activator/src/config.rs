@@ -380,11 +380,17 @@ pub fn main(args: ServeArgs) -> ExitCode {
         config.logging.zap_logger_config.as_deref(),
     );
     shared::telemetry::log::init(
-        shared::telemetry::log::LogFormat::Zap(shared::telemetry::log::ZapFormat {
-            logger: "activator".into(),
-            key: None,
-            pod: Some(config.pod_name.clone()),
-        }),
+        shared::telemetry::log::LogFormat::Zap(
+            shared::telemetry::log::ZapFormat {
+                logger: "activator".into(),
+                key: None,
+                pod: Some(config.pod_name.clone()),
+                // Knative's activator adds its component name to every line.
+                controller: Some("activator".into()),
+                ..Default::default()
+            }
+            .with_zap_config(config.logging.zap_logger_config.as_deref()),
+        ),
         level,
     );
     if let Some(e) = &config.request_log_error {

@@ -166,3 +166,27 @@ async fn a_template_go_rejects_is_logged_and_the_activator_serves() {
     );
     assert!(!out.lines().any(|l| l.starts_with("RL ")), "{out}");
 }
+
+/// Issue 14 item 7: the activator's lines carry `knative.dev/controller: activator`, zapdriver's
+/// level names and nanosecond timestamps, as Knative's with a stock `config-logging`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_are_knatives() {
+    // A template Go rejects makes the activator log an ERROR line.
+    let (_, out) = run_with_template("log", "RL {{if}}").await;
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v.get("severity").is_some())
+        .collect();
+    assert!(!lines.is_empty(), "{out}");
+    for v in &lines {
+        assert_eq!(v["knative.dev/controller"], "activator", "{v}");
+        assert_eq!(v["logger"], "activator", "{v}");
+        let sev = v["severity"].as_str().unwrap();
+        assert!(["DEBUG", "INFO", "WARNING", "ERROR"].contains(&sev), "{v}");
+        let ts = v["timestamp"].as_str().unwrap();
+        let frac = ts.trim_end_matches('Z').split_once('.').map_or("", |f| f.1);
+        assert!(frac.len() <= 9 && !frac.ends_with('0'), "{ts}");
+    }
+    assert!(lines.iter().any(|v| v["severity"] == "ERROR"), "{out}");
+}

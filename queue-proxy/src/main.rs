@@ -23,11 +23,15 @@ fn main() {
         Some(config.logging_config.as_str()).filter(|s| !s.is_empty()),
     );
     init(
-        LogFormat::Zap(ZapFormat {
-            logger: "queueproxy".into(),
-            key: Some(format!("{}/{}", config.namespace, config.revision)),
-            pod: Some(config.pod.clone()),
-        }),
+        LogFormat::Zap(
+            ZapFormat {
+                logger: "queueproxy".into(),
+                key: Some(format!("{}/{}", config.namespace, config.revision)),
+                pod: Some(config.pod.clone()),
+                ..ZapFormat::default()
+            }
+            .with_zap_config(Some(config.logging_config.as_str())),
+        ),
         level,
     );
     let rt = match runtime().enable_all().build() {

@@ -97,6 +97,12 @@ pub struct Cli {
     /// OTel SDK variable: the `service.name` resource attribute of exported spans.
     #[arg(long, env = "OTEL_SERVICE_NAME")]
     pub otel_service_name: Option<String>,
+    /// OTel SDK variable: PEM CAs trusted for an `https` span collector (wins over the next).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")]
+    pub otel_exporter_otlp_traces_certificate: Option<String>,
+    /// OTel SDK variable: PEM CAs trusted for an `https` collector (default: the system's).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE")]
+    pub otel_exporter_otlp_certificate: Option<String>,
     /// Ours: directory with `tls.crt` and `tls.key` (default `/var/lib/knative/certs`).
     #[arg(long, env = "QUEUE_TLS_CERT_DIR")]
     pub queue_tls_cert_dir: Option<String>,
@@ -146,6 +152,8 @@ pub const ENV_NAMES: &[&str] = &[
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_SERVICE_NAME",
+    "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_CERTIFICATE",
     "QUEUE_TLS_CERT_DIR",
     "QUEUE_HEADER_READ_TIMEOUT_SECONDS",
     "QUEUE_TLS_RELOAD_SECONDS",
@@ -585,6 +593,14 @@ impl TryFrom<Cli> for Config {
                 ("k8s.pod.name".to_owned(), pod.clone()),
                 ("kn.revision.name".to_owned(), revision.clone()),
             ];
+            t.ca_file = [
+                &c.otel_exporter_otlp_traces_certificate,
+                &c.otel_exporter_otlp_certificate,
+            ]
+            .into_iter()
+            .flatten()
+            .find(|p| !p.is_empty())
+            .map(Into::into);
             t
         });
         Ok(Self {
@@ -764,9 +780,17 @@ mod tests {
                 .into(),
         );
         let t = Config::try_from(c.clone()).unwrap().tracing.unwrap();
+        // knative.dev/pkg: a bare `name:port` is `https://name:port`.
         assert_eq!(
             t.endpoint.unwrap().to_string(),
-            "http://collector:4318/v1/traces"
+            "https://collector:4318/v1/traces"
+        );
+        assert_eq!(t.ca_file, None);
+        c.otel_exporter_otlp_certificate = Some("/etc/ca.pem".into());
+        let t = Config::try_from(c.clone()).unwrap().tracing.unwrap();
+        assert_eq!(
+            t.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
         );
         assert!((t.sampling_rate - 0.5).abs() < f64::EPSILON);
         assert_eq!(t.service_name, "queue-proxy");

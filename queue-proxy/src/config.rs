@@ -189,7 +189,7 @@ pub enum MetricsProtocol {
     None,
     /// Prometheus text on the user-metrics port.
     Prometheus,
-    /// OTLP push: accepted, but we do not push (documented).
+    /// OTLP push (`grpc`, `http/protobuf`) to `requestMetrics.endpoint`.
     Otlp,
 }
 
@@ -198,8 +198,13 @@ pub enum MetricsProtocol {
 pub struct Observability {
     /// Request metrics exporter.
     pub request_metrics: MetricsProtocol,
-    /// `requestMetrics.endpoint` for Prometheus: a `host:port` listen address.
+    /// `requestMetrics.endpoint`: for Prometheus a `host:port` listen address, for OTLP the
+    /// collector.
     pub request_metrics_endpoint: Option<String>,
+    /// `requestMetrics.protocol` as given (`grpc`, `http/protobuf`, …).
+    pub request_metrics_protocol: String,
+    /// `requestMetrics.exportInterval` (Go `time.Duration` in JSON: nanoseconds; 0 = 60 s).
+    pub request_metrics_interval: Duration,
     /// `enableRequestLog`.
     pub enable_request_log: bool,
     /// `requestLogTemplate` (Knative's default template when unset).
@@ -223,6 +228,8 @@ impl Default for Observability {
         Self {
             request_metrics: MetricsProtocol::None,
             request_metrics_endpoint: None,
+            request_metrics_protocol: String::new(),
+            request_metrics_interval: Duration::ZERO,
             enable_request_log: false,
             request_log_template: DEFAULT_REQUEST_LOG_TEMPLATE.to_owned(),
             enable_probe_request_log: false,
@@ -256,6 +263,8 @@ struct ProtoJson {
     endpoint: Option<String>,
     #[serde(default, rename = "samplingRate")]
     sampling_rate: Option<f64>,
+    #[serde(default, rename = "exportInterval")]
+    export_interval: Option<i64>,
 }
 
 impl Observability {
@@ -283,6 +292,9 @@ impl Observability {
                 }
             };
             out.request_metrics_endpoint = rm.endpoint.filter(|e| !e.is_empty());
+            out.request_metrics_protocol = rm.protocol.unwrap_or_default();
+            out.request_metrics_interval =
+                Duration::from_nanos(rm.export_interval.unwrap_or(0).max(0).unsigned_abs());
         }
         if let Some(t) = j.tracing {
             let protocol = t.protocol.unwrap_or_default();
@@ -361,6 +373,8 @@ pub struct Config {
     /// Span export, from `tracing` in `OBSERVABILITY_CONFIG` and the `OTEL_*` overrides;
     /// `None` = off (Knative's default).
     pub tracing: Option<shared::telemetry::otlp::ExportConfig>,
+    /// OTLP metrics push (`requestMetrics.protocol` `grpc` / `http/protobuf`); `None` = off.
+    pub metrics_push: Option<shared::telemetry::otlp::push::PushConfig>,
     /// `QUEUE_PROXY_TLS_*` and `QUEUE_TLS_CERT_DIR`: the TLS listener's settings (served only
     /// when the certificate files exist).
     pub tls: crate::tls::TlsConfig,
@@ -603,6 +617,25 @@ impl TryFrom<Cli> for Config {
             .map(Into::into);
             t
         });
+        let metrics_push = match observability.request_metrics {
+            MetricsProtocol::Otlp => shared::telemetry::otlp::push::PushConfig::from_knative(
+                &observability.request_metrics_protocol,
+                observability.request_metrics_endpoint.as_deref(),
+                observability.request_metrics_interval,
+            )
+            .map_err(|e| invalid("OBSERVABILITY_CONFIG", e))?
+            .map(|mut p| {
+                p.service_name = "queue-proxy".to_owned();
+                p.resource = vec![
+                    ("k8s.namespace.name".to_owned(), namespace.clone()),
+                    ("k8s.pod.name".to_owned(), pod.clone()),
+                    ("kn.revision.name".to_owned(), revision.clone()),
+                ];
+                p.ca_file = tracing.as_ref().and_then(|t| t.ca_file.clone());
+                p
+            }),
+            _ => None,
+        };
         Ok(Self {
             namespace,
             service: c.serving_service.unwrap_or_default(),
@@ -631,6 +664,7 @@ impl TryFrom<Cli> for Config {
             user_metrics_port,
             drain_quiet_period: Duration::from_secs(drain),
             tracing,
+            metrics_push,
             tls,
             header_read_timeout: match c.queue_header_read_timeout_seconds.as_deref() {
                 None | Some("") => Duration::from_secs(60),

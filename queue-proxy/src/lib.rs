@@ -173,10 +173,8 @@ pub async fn run(
         None => None,
     };
     let mut registry = Registry::default();
-    let metrics = listeners
-        .user_metrics
-        .as_ref()
-        .map(|_| Arc::new(observe::Metrics::register(&mut registry)));
+    let metrics = (listeners.user_metrics.is_some() || config.metrics_push.is_some())
+        .then(|| Arc::new(observe::Metrics::register(&mut registry)));
     let registry = Arc::new(registry);
     let observer = observe::Observer::new(metrics, log, obs.enable_probe_request_log);
     let in_flight = observer.in_flight.clone();
@@ -291,6 +289,14 @@ pub async fn run(
         side_opts.clone(),
         side.clone(),
     ));
+    if let Some(push) = config.metrics_push.clone() {
+        // Its own task: a slow or black-holed collector never touches the request path.
+        tokio::spawn(shared::telemetry::otlp::push::run(
+            push,
+            registry.clone(),
+            side.clone(),
+        ));
+    }
     if let Some(l) = listeners.user_metrics {
         let registry = registry.clone();
         let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {

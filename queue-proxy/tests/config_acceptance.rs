@@ -270,3 +270,131 @@ async fn the_tls_port_records_https() {
     drop(qp);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An OTLP metrics collector on 127.0.0.1: every decoded push, with its path.
+async fn metrics_collector(
+    grpc: bool,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::Receiver<(
+        String,
+        shared::telemetry::otlp::push::ExportMetricsServiceRequest,
+    )>,
+) {
+    use prost::Message as _;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            let path = req.uri().path().to_owned();
+                            let body = http_body_util::BodyExt::collect(req.into_body())
+                                .await
+                                .unwrap()
+                                .to_bytes();
+                            let b = if grpc { body.slice(5..) } else { body };
+                            let msg =
+                                shared::telemetry::otlp::push::ExportMetricsServiceRequest::decode(
+                                    b.as_ref(),
+                                )
+                                .unwrap();
+                            let _ = tx.send((path, msg)).await;
+                            let mut r =
+                                http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                            if grpc {
+                                r.headers_mut()
+                                    .insert("content-type", "application/grpc".parse().unwrap());
+                                r.headers_mut().insert("grpc-status", "0".parse().unwrap());
+                            }
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Issue 14 item 4: `requestMetrics.protocol` `http/protobuf` and `grpc` (upstream's own
+/// example) push the request metrics to the collector every `exportInterval`.
+#[tokio::test]
+async fn otlp_request_metrics_are_pushed() {
+    use shared::telemetry::otlp::push::metric::Data;
+    let app = start_app().await;
+    for (protocol, grpc) in [("http/protobuf", false), ("grpc", true)] {
+        let (col, mut rx) = metrics_collector(grpc).await;
+        let obs = serde_json::json!({"requestMetrics": {
+            "protocol": protocol,
+            "endpoint": format!("http://{col}"),
+            "exportInterval": 200_000_000,
+        }})
+        .to_string();
+        let qp = start_qp(env(app.addr.port()).set("OBSERVABILITY_CONFIG", &obs)).await;
+        let (s, _, _) = get(qp.serving, "/", &[]).await;
+        assert_eq!(s, StatusCode::OK);
+        let deadline = Instant::now() + DEADLINE;
+        let (path, count) = loop {
+            let (path, msg) = tokio::time::timeout(DEADLINE, rx.recv())
+                .await
+                .expect("a push within the deadline")
+                .unwrap();
+            let count: u64 = msg.resource_metrics[0].scope_metrics[0]
+                .metrics
+                .iter()
+                .filter(|m| m.name == "http.server.request.duration")
+                .filter_map(|m| match &m.data {
+                    Some(Data::Histogram(h)) => {
+                        Some(h.data_points.iter().map(|p| p.count).sum::<u64>())
+                    }
+                    _ => None,
+                })
+                .sum();
+            if count >= 1 {
+                break (path, count);
+            }
+            assert!(Instant::now() < deadline, "the request never showed up");
+        };
+        assert_eq!(count, 1, "{protocol}");
+        assert!(
+            path.ends_with(if grpc {
+                "MetricsService/Export"
+            } else {
+                "/v1/metrics"
+            }),
+            "{path}"
+        );
+    }
+}
+
+/// A collector that accepts and never answers: requests are served as before, and the
+/// failure is logged (once per minute at most).
+#[tokio::test]
+async fn a_black_holed_metrics_collector_does_not_touch_requests() {
+    let app = start_app().await;
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let obs = serde_json::json!({"requestMetrics": {
+        "protocol": "http/protobuf",
+        "endpoint": format!("http://{}", hole.local_addr().unwrap()),
+        "exportInterval": 100_000_000,
+    }})
+    .to_string();
+    let qp = start_qp(env(app.addr.port()).set("OBSERVABILITY_CONFIG", &obs)).await;
+    for _ in 0..20 {
+        let (s, _, _) = get(qp.serving, "/", &[]).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    wait_line(&qp, "metrics export failed").await;
+    drop(hole);
+}

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::trace::TraceContext;
 
 pub mod collector;
+pub mod push;
 pub mod request;
 
 // === wire messages (opentelemetry-proto v1) ===
@@ -371,7 +372,7 @@ impl ExportConfig {
                     });
                 }
             };
-            Some(endpoint_uri(raw, full, &protocol)?)
+            Some(endpoint_uri(raw, full, &protocol, Signal::Traces)?)
         };
         Ok(Some(Self {
             protocol,
@@ -384,7 +385,19 @@ impl ExportConfig {
     }
 }
 
-fn endpoint_uri(raw: &str, full: bool, protocol: &Protocol) -> Result<Uri, ExportError> {
+/// What an endpoint receives: the OTLP/HTTP path and the gRPC method differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Signal {
+    Traces,
+    Metrics,
+}
+
+pub(crate) fn endpoint_uri(
+    raw: &str,
+    full: bool,
+    protocol: &Protocol,
+    signal: Signal,
+) -> Result<Uri, ExportError> {
     let bad = |reason| ExportError::Endpoint {
         endpoint: raw.to_owned(),
         reason,
@@ -403,10 +416,16 @@ fn endpoint_uri(raw: &str, full: bool, protocol: &Protocol) -> Result<Uri, Expor
         _ => return Err(bad("scheme must be http or https")),
     };
     let authority = uri.authority().ok_or_else(|| bad("no host"))?.clone();
-    let path = match protocol {
-        Protocol::Grpc => "/opentelemetry.proto.collector.trace.v1.TraceService/Export".to_owned(),
+    let path = match (protocol, signal) {
+        (Protocol::Grpc, Signal::Traces) => {
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export".to_owned()
+        }
+        (Protocol::Grpc, Signal::Metrics) => {
+            "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export".to_owned()
+        }
         _ if full => uri.path().to_owned(),
-        _ => format!("{}/v1/traces", uri.path().trim_end_matches('/')),
+        (_, Signal::Traces) => format!("{}/v1/traces", uri.path().trim_end_matches('/')),
+        (_, Signal::Metrics) => format!("{}/v1/metrics", uri.path().trim_end_matches('/')),
     };
     Uri::builder()
         .scheme(scheme)

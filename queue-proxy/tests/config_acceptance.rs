@@ -398,3 +398,97 @@ async fn a_black_holed_metrics_collector_does_not_touch_requests() {
     wait_line(&qp, "metrics export failed").await;
     drop(hole);
 }
+
+/// Every key of upstream's `_example` blocks that reaches the queue-proxy, rendered as
+/// `pkg/reconciler/revision/resources/queue.go` renders them: `config-observability` (into
+/// `OBSERVABILITY_CONFIG`, collectors pointed at 127.0.0.1), `config-logging`
+/// (`SERVING_LOGGING_CONFIG`, `SERVING_LOGGING_LEVEL`), `config-deployment`'s
+/// `queue-sidecar-*` TLS keys and root CA (empty in the example), `config-network`'s
+/// `ENABLE_HTTP2_AUTO_DETECTION`/`ENABLE_HTTP_FULL_DUPLEX`. The binary starts, and each value
+/// takes effect: the request log renders, spans and request metrics reach the collectors on
+/// the example's paths, the zap encoder is the example's.
+#[tokio::test]
+async fn upstream_example_configuration_takes_effect() {
+    use shared::telemetry::otlp::push::metric::Data;
+    let app = start_app().await;
+    let (col, mut metrics) = metrics_collector(false).await;
+    let tl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let traces_at = tl.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut spans = shared::telemetry::otlp::collector::spawn(tl, stop.clone());
+    let obs = serde_json::json!({
+        "tracing": {
+            "protocol": "http/protobuf",
+            "endpoint": format!("http://{traces_at}/v1/traces"),
+            "samplingRate": 1.0,
+        },
+        "metrics": {
+            "protocol": "http/protobuf",
+            "endpoint": "http://example.com/v1/traces",
+            "exportInterval": 60_000_000_000i64,
+        },
+        "runtime": {"profiling": "enabled"},
+        "requestMetrics": {
+            "protocol": "http/protobuf",
+            "endpoint": format!("http://{col}/api/v1/otlp/v1/metrics"),
+            // The example's 60 s would outlast the test; the key's effect is what is checked.
+            "exportInterval": 200_000_000,
+        },
+        "LoggingURLTemplate": "http://logging.example.com/?revisionUID=${REVISION_UID}",
+        "enableRequestLog": true,
+        "requestLogTemplate": shared::telemetry::reqlog::DEFAULT_TEMPLATE,
+    })
+    .to_string();
+    let zap = r#"{"level": "info", "development": false, "outputPaths": ["stdout"], "errorOutputPaths": ["stderr"], "encoding": "json", "encoderConfig": {"timeKey": "timestamp", "levelKey": "severity", "nameKey": "logger", "callerKey": "caller", "messageKey": "message", "stacktraceKey": "stacktrace", "lineEnding": "", "levelEncoder": "", "timeEncoder": "iso8601", "durationEncoder": "", "callerEncoder": ""}}"#;
+    let qp = start_qp(
+        env(app.addr.port())
+            .set("OBSERVABILITY_CONFIG", &obs)
+            .set("SERVING_LOGGING_CONFIG", zap)
+            .set("SERVING_LOGGING_LEVEL", "info")
+            .set("QUEUE_PROXY_TLS_MIN_VERSION", "")
+            .set("QUEUE_PROXY_TLS_MAX_VERSION", "")
+            .set("QUEUE_PROXY_TLS_CIPHER_SUITES", "")
+            .set("QUEUE_PROXY_TLS_CURVE_PREFERENCES", "")
+            .set("ROOT_CA", "")
+            .set("ENABLE_HTTP2_AUTO_DETECTION", "false")
+            .set("ENABLE_HTTP_FULL_DUPLEX", "false")
+            .set("ENABLE_MULTI_CONTAINER_PROBES", "false"),
+    )
+    .await;
+    let (s, _, _) = get(qp.serving, "/ex?a=1", &[("user-agent", "example/1")]).await;
+    assert_eq!(s, StatusCode::OK);
+    // The request log: the example's template.
+    let line = wait_line(&qp, "\"requestUrl\": \"/ex?a\\u003D1\"").await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["httpRequest"]["userAgent"], "example/1");
+    // Spans on the example's URL path.
+    let span = tokio::time::timeout(DEADLINE, spans.recv())
+        .await
+        .expect("a span")
+        .unwrap();
+    assert!(!span.name.is_empty());
+    // Request metrics on the example's URL path (the collector decodes only real pushes).
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (path, msg) = tokio::time::timeout(DEADLINE, metrics.recv())
+            .await
+            .expect("a push")
+            .unwrap();
+        assert_eq!(path, "/api/v1/otlp/v1/metrics");
+        let seen = msg.resource_metrics[0].scope_metrics[0].metrics.iter().any(|m| {
+            m.name == "http.server.request.duration"
+                && matches!(&m.data, Some(Data::Histogram(h)) if h.data_points.iter().any(|p| p.count > 0))
+        });
+        if seen {
+            break;
+        }
+        assert!(Instant::now() < deadline, "request never pushed");
+    }
+    // config-logging's example encoder: zap's lowercase levels, ISO-8601 milliseconds.
+    let listening = qp.json_lines(|v| v["message"] == "listening");
+    let l = &listening[0];
+    assert_eq!(l["severity"], "info", "{l}");
+    let ts = l["timestamp"].as_str().unwrap();
+    assert_eq!(ts.split_once('.').map(|f| f.1.len()), Some(4), "{ts}");
+    stop.cancel();
+}

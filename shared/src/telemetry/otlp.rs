@@ -423,7 +423,9 @@ pub(crate) fn endpoint_uri(
         (Protocol::Grpc, Signal::Metrics) => {
             "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export".to_owned()
         }
-        _ if full => uri.path().to_owned(),
+        // A URL with a path is used as given (the OTel SDK's `WithEndpointURL`, which Knative
+        // calls): upstream's own examples name `…/v1/traces` and `…/api/v1/otlp/v1/metrics`.
+        _ if full || !matches!(uri.path(), "" | "/") => uri.path().to_owned(),
         (_, Signal::Traces) => format!("{}/v1/traces", uri.path().trim_end_matches('/')),
         (_, Signal::Metrics) => format!("{}/v1/metrics", uri.path().trim_end_matches('/')),
     };

@@ -94,7 +94,8 @@ fn endpoints_and_protocols() {
             .unwrap()
             .unwrap()
             .to_string(),
-        "http://c:4318/otlp/v1/traces"
+        // A path is used as given (the SDK's WithEndpointURL).
+        "http://c:4318/otlp/"
     );
     // OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is used as given and wins.
     assert_eq!(

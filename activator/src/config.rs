@@ -166,6 +166,9 @@ pub struct Config {
     /// `runtime-profiling: enabled` in a mounted `config-observability` (the API's copy, when
     /// watched, replaces it).
     pub profiling: bool,
+    /// Why `config-observability`'s request-log keys could not be applied: logged once at
+    /// start, and the activator serves without request logs, as Knative's does.
+    pub request_log_error: Option<String>,
 }
 
 impl Config {
@@ -196,6 +199,7 @@ impl Config {
             configmap_names: crate::source::kube::configmaps::Names::default(),
             profiling_addr: None,
             profiling: false,
+            request_log_error: None,
         }
     }
 }
@@ -351,6 +355,11 @@ impl TryFrom<ServeArgs> for Config {
         if a.max_queued_requests == 0 {
             return Err(bad("ACTIVATOR_MAX_QUEUED_REQUESTS", "must be > 0"));
         }
+        // Knative's activator logs a request-log setting it cannot apply and serves on.
+        let request_log = match &a.config_observability {
+            Some(p) => crate::configmap::read_request_log(p).map_err(|e| e.to_string()),
+            None => Ok(None),
+        };
         Ok(Self {
             pod_name: required("POD_NAME", a.pod_name)?,
             pod_ip: required("POD_IP", a.pod_ip)?,
@@ -378,11 +387,8 @@ impl TryFrom<ServeArgs> for Config {
                     .map_err(|e| bad("ACTIVATOR_CONFIG_OBSERVABILITY", e.to_string()))?,
                 None => None,
             },
-            request_log: match &a.config_observability {
-                Some(p) => crate::configmap::read_request_log(p)
-                    .map_err(|e| bad("ACTIVATOR_CONFIG_OBSERVABILITY", e.to_string()))?,
-                None => None,
-            },
+            request_log: request_log.as_ref().ok().cloned().flatten(),
+            request_log_error: request_log.err(),
             ingress: false,
             configmap_names: crate::source::kube::configmaps::Names {
                 logging: a.config_logging_name,
@@ -424,9 +430,16 @@ pub fn main(args: ServeArgs) -> ExitCode {
             logger: "activator".into(),
             key: None,
             pod: Some(config.pod_name.clone()),
-        },
+            // Knative's activator adds its component name to every line.
+            controller: Some("activator".into()),
+            ..Default::default()
+        }
+        .with_zap_config(config.logging.zap_logger_config.as_deref()),
         level,
     );
+    if let Some(e) = &config.request_log_error {
+        tracing::error!(error = %e, "Failed to update the request log template.");
+    }
     let rt = match runtime().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -422,9 +422,10 @@ mod tests {
         std::fs::write(v.join("tracing-endpoint"), "collector:4318").unwrap();
         std::fs::write(v.join("tracing-sampling-rate"), "0.1").unwrap();
         let t = read_tracing(&v).unwrap().unwrap();
+        // A bare `name:port` is TLS, as knative.dev/pkg prefixes `https://` (issue 14).
         assert_eq!(
             t.endpoint.unwrap().to_string(),
-            "http://collector:4318/v1/traces"
+            "https://collector:4318/v1/traces"
         );
         assert!((t.sampling_rate - 0.1).abs() < 1e-9);
         std::fs::write(v.join("tracing-sampling-rate"), "often").unwrap();

@@ -60,14 +60,19 @@ impl Metrics {
             "Concurrency reported to the autoscaler (1 s average)",
             m.concurrency.clone(),
         );
-        reg.register(
+        // Knative records both with the attribute `peer="autoscaler"`.
+        let peer = reg.sub_registry_with_label((
+            std::borrow::Cow::Borrowed("peer"),
+            std::borrow::Cow::Borrowed("autoscaler"),
+        ));
+        peer.register(
             names::STATS_CONNECTION_UP,
-            "1 while the autoscaler websocket is connected",
+            "Whether a peer is reachable from the activator (1 = reachable, 0 = not reachable)",
             m.conn.reachable.clone(),
         );
-        reg.register(
+        peer.register(
             names::STATS_CONNECTION_ERRORS,
-            "Autoscaler websocket disconnects",
+            "Number of connection errors from the activator",
             m.conn.errors.clone(),
         );
         reg.register(
@@ -100,5 +105,29 @@ impl Metrics {
         l.push(("kn_service_name", service.to_owned()));
         l.push(("kn_configuration_name", configuration.to_owned()));
         self.concurrency.get_or_create(&l).set(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14 item 6: Knative's names for the stats connection, both with `peer="autoscaler"`.
+    #[test]
+    fn stats_connection_metrics_have_knatives_names_and_peer() {
+        let mut reg = Registry::default();
+        let m = Metrics::register(&mut reg, ConnMetrics::default());
+        m.conn.reachable.set(1);
+        m.conn.errors.inc();
+        let text = shared::telemetry::metrics::render(&reg);
+        assert!(
+            text.contains("kn_activator_stats_conn_reachable{peer=\"autoscaler\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kn_activator_stats_conn_errors_total{peer=\"autoscaler\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("connection_up"), "{text}");
     }
 }

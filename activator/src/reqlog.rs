@@ -56,6 +56,7 @@ impl Line {
         let spec = throttler.spec();
         let key = &throttler.key;
         Self {
+            entry: template.entry(req),
             template,
             revision: Revision {
                 name: key.name.clone(),
@@ -65,7 +66,6 @@ impl Line {
                 pod_name: String::new(),
                 pod_ip: String::new(),
             },
-            entry: Entry::from_request(req),
             start,
             held_ms: None,
             pod: None,

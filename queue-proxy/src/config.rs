@@ -101,6 +101,12 @@ pub struct Cli {
     /// OTel SDK variable: the `service.name` resource attribute of exported spans.
     #[arg(long, env = "OTEL_SERVICE_NAME")]
     pub otel_service_name: Option<String>,
+    /// OTel SDK variable: PEM CAs trusted for an `https` span collector (wins over the next).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")]
+    pub otel_exporter_otlp_traces_certificate: Option<String>,
+    /// OTel SDK variable: PEM CAs trusted for an `https` collector (default: the system's).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE")]
+    pub otel_exporter_otlp_certificate: Option<String>,
     /// Ours: directory with `tls.crt` and `tls.key` (default `/var/lib/knative/certs`).
     #[arg(long, env = "QUEUE_TLS_CERT_DIR")]
     pub queue_tls_cert_dir: Option<String>,
@@ -151,6 +157,8 @@ pub const ENV_NAMES: &[&str] = &[
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_SERVICE_NAME",
+    "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_CERTIFICATE",
     "QUEUE_TLS_CERT_DIR",
     "QUEUE_HEADER_READ_TIMEOUT_SECONDS",
     "QUEUE_TLS_RELOAD_SECONDS",
@@ -186,7 +194,7 @@ pub enum MetricsProtocol {
     None,
     /// Prometheus text on the user-metrics port.
     Prometheus,
-    /// OTLP push: accepted, but we do not push (documented).
+    /// OTLP push (`grpc`, `http/protobuf`) to `requestMetrics.endpoint`.
     Otlp,
 }
 
@@ -195,8 +203,13 @@ pub enum MetricsProtocol {
 pub struct Observability {
     /// Request metrics exporter.
     pub request_metrics: MetricsProtocol,
-    /// `requestMetrics.endpoint` for Prometheus: a `host:port` listen address.
+    /// `requestMetrics.endpoint`: for Prometheus a `host:port` listen address, for OTLP the
+    /// collector.
     pub request_metrics_endpoint: Option<String>,
+    /// `requestMetrics.protocol` as given (`grpc`, `http/protobuf`, …).
+    pub request_metrics_protocol: String,
+    /// `requestMetrics.exportInterval` (Go `time.Duration` in JSON: nanoseconds; 0 = 60 s).
+    pub request_metrics_interval: Duration,
     /// `enableRequestLog`.
     pub enable_request_log: bool,
     /// `requestLogTemplate` (Knative's default template when unset).
@@ -220,6 +233,8 @@ impl Default for Observability {
         Self {
             request_metrics: MetricsProtocol::None,
             request_metrics_endpoint: None,
+            request_metrics_protocol: String::new(),
+            request_metrics_interval: Duration::ZERO,
             enable_request_log: false,
             request_log_template: DEFAULT_REQUEST_LOG_TEMPLATE.to_owned(),
             enable_probe_request_log: false,
@@ -253,6 +268,8 @@ struct ProtoJson {
     endpoint: Option<String>,
     #[serde(default, rename = "samplingRate")]
     sampling_rate: Option<f64>,
+    #[serde(default, rename = "exportInterval")]
+    export_interval: Option<i64>,
 }
 
 impl Observability {
@@ -280,6 +297,9 @@ impl Observability {
                 }
             };
             out.request_metrics_endpoint = rm.endpoint.filter(|e| !e.is_empty());
+            out.request_metrics_protocol = rm.protocol.unwrap_or_default();
+            out.request_metrics_interval =
+                Duration::from_nanos(rm.export_interval.unwrap_or(0).max(0).unsigned_abs());
         }
         if let Some(t) = j.tracing {
             let protocol = t.protocol.unwrap_or_default();
@@ -360,6 +380,8 @@ pub struct Config {
     /// Span export, from `tracing` in `OBSERVABILITY_CONFIG` and the `OTEL_*` overrides;
     /// `None` = off (Knative's default).
     pub tracing: Option<shared::telemetry::otlp::ExportConfig>,
+    /// OTLP metrics push (`requestMetrics.protocol` `grpc` / `http/protobuf`); `None` = off.
+    pub metrics_push: Option<shared::telemetry::otlp::push::PushConfig>,
     /// `QUEUE_PROXY_TLS_*` and `QUEUE_TLS_CERT_DIR`: the TLS listener's settings (served only
     /// when the certificate files exist).
     pub tls: crate::tls::TlsConfig,
@@ -518,6 +540,36 @@ impl TryFrom<Cli> for Config {
         let tls = {
             use crate::tls::{Version, parse_cipher_suites, parse_curves, parse_version};
             let s = |v: &Option<String>| v.clone().unwrap_or_default();
+            let mut env_error: Option<String> = None;
+            let mut bad = |var: &str, e: String| {
+                env_error.get_or_insert_with(|| format!("{var}: {e}"));
+            };
+            let min_version = parse_version(&s(&c.queue_proxy_tls_min_version), Version::Tls13)
+                .unwrap_or_else(|e| {
+                    bad("QUEUE_PROXY_TLS_MIN_VERSION", e);
+                    Version::Tls13
+                });
+            let max_version = parse_version(&s(&c.queue_proxy_tls_max_version), Version::Tls13)
+                .unwrap_or_else(|e| {
+                    bad("QUEUE_PROXY_TLS_MAX_VERSION", e);
+                    Version::Tls13
+                });
+            if min_version > max_version {
+                bad(
+                    "QUEUE_PROXY_TLS_MAX_VERSION",
+                    "lower than QUEUE_PROXY_TLS_MIN_VERSION".into(),
+                );
+            }
+            let suites =
+                parse_cipher_suites(&s(&c.queue_proxy_tls_cipher_suites)).unwrap_or_else(|e| {
+                    bad("QUEUE_PROXY_TLS_CIPHER_SUITES", e);
+                    Default::default()
+                });
+            let curves =
+                parse_curves(&s(&c.queue_proxy_tls_curve_preferences)).unwrap_or_else(|e| {
+                    bad("QUEUE_PROXY_TLS_CURVE_PREFERENCES", e);
+                    Vec::new()
+                });
             crate::tls::TlsConfig {
                 cert_dir: c
                     .queue_tls_cert_dir
@@ -530,22 +582,20 @@ impl TryFrom<Cli> for Config {
                         _ => return Err(invalid("QUEUE_TLS_RELOAD_SECONDS", "must be positive")),
                     },
                 },
-                min_version: parse_version(&s(&c.queue_proxy_tls_min_version), Version::Tls13)
-                    .map_err(|e| invalid("QUEUE_PROXY_TLS_MIN_VERSION", e))?,
-                max_version: parse_version(&s(&c.queue_proxy_tls_max_version), Version::Tls13)
-                    .map_err(|e| invalid("QUEUE_PROXY_TLS_MAX_VERSION", e))?,
-                cipher_suites: parse_cipher_suites(&s(&c.queue_proxy_tls_cipher_suites))
-                    .map_err(|e| invalid("QUEUE_PROXY_TLS_CIPHER_SUITES", e))?,
-                curves: parse_curves(&s(&c.queue_proxy_tls_curve_preferences))
-                    .map_err(|e| invalid("QUEUE_PROXY_TLS_CURVE_PREFERENCES", e))?,
+                min_version,
+                max_version,
+                cipher_suites: suites.tls12,
+                curves,
+                skipped: suites
+                    .skipped
+                    .into_iter()
+                    .chain(crate::tls::skipped_curves(&s(
+                        &c.queue_proxy_tls_curve_preferences
+                    )))
+                    .collect(),
+                env_error,
             }
         };
-        if tls.min_version > tls.max_version {
-            return Err(invalid(
-                "QUEUE_PROXY_TLS_MAX_VERSION",
-                "lower than QUEUE_PROXY_TLS_MIN_VERSION",
-            ));
-        }
         let tracing = shared::telemetry::otlp::ExportConfig::from_knative(
             &observability.tracing_protocol,
             observability.tracing_endpoint.as_deref(),
@@ -564,8 +614,35 @@ impl TryFrom<Cli> for Config {
                 ("k8s.pod.name".to_owned(), pod.clone()),
                 ("kn.revision.name".to_owned(), revision.clone()),
             ];
+            t.ca_file = [
+                &c.otel_exporter_otlp_traces_certificate,
+                &c.otel_exporter_otlp_certificate,
+            ]
+            .into_iter()
+            .flatten()
+            .find(|p| !p.is_empty())
+            .map(Into::into);
             t
         });
+        let metrics_push = match observability.request_metrics {
+            MetricsProtocol::Otlp => shared::telemetry::otlp::push::PushConfig::from_knative(
+                &observability.request_metrics_protocol,
+                observability.request_metrics_endpoint.as_deref(),
+                observability.request_metrics_interval,
+            )
+            .map_err(|e| invalid("OBSERVABILITY_CONFIG", e))?
+            .map(|mut p| {
+                p.service_name = "queue-proxy".to_owned();
+                p.resource = vec![
+                    ("k8s.namespace.name".to_owned(), namespace.clone()),
+                    ("k8s.pod.name".to_owned(), pod.clone()),
+                    ("kn.revision.name".to_owned(), revision.clone()),
+                ];
+                p.ca_file = tracing.as_ref().and_then(|t| t.ca_file.clone());
+                p
+            }),
+            _ => None,
+        };
         Ok(Self {
             namespace,
             service: c.serving_service.unwrap_or_default(),
@@ -601,6 +678,7 @@ impl TryFrom<Cli> for Config {
                 ),
             },
             tracing,
+            metrics_push,
             tls,
             header_read_timeout: match c.queue_header_read_timeout_seconds.as_deref() {
                 None | Some("") => Duration::from_secs(60),
@@ -688,19 +766,27 @@ mod tests {
             let e = Config::try_from(c).unwrap_err().to_string();
             assert!(e.contains(name), "{name}: {e}");
         };
-        named(
+        // Knative reads the TLS variables only with a certificate mounted, then exits 1:
+        // accepted here, kept as the TLS listener's start-up error.
+        let deferred = |f: fn(&mut Cli), name: &str| {
+            let mut c = cli();
+            f(&mut c);
+            let e = Config::try_from(c).unwrap().tls.env_error.unwrap();
+            assert!(e.contains(name), "{name}: {e}");
+        };
+        deferred(
             |c| c.queue_proxy_tls_min_version = Some("1.1".into()),
             "QUEUE_PROXY_TLS_MIN_VERSION",
         );
-        named(
+        deferred(
             |c| c.queue_proxy_tls_max_version = Some("1.2".into()),
             "QUEUE_PROXY_TLS_MAX_VERSION",
         );
-        named(
+        deferred(
             |c| c.queue_proxy_tls_cipher_suites = Some("TLS_RSA_WITH_RC4_128_SHA".into()),
             "QUEUE_PROXY_TLS_CIPHER_SUITES",
         );
-        named(
+        deferred(
             |c| c.queue_proxy_tls_curve_preferences = Some("Curve25519x".into()),
             "QUEUE_PROXY_TLS_CURVE_PREFERENCES",
         );
@@ -742,9 +828,17 @@ mod tests {
                 .into(),
         );
         let t = Config::try_from(c.clone()).unwrap().tracing.unwrap();
+        // knative.dev/pkg: a bare `name:port` is `https://name:port`.
         assert_eq!(
             t.endpoint.unwrap().to_string(),
-            "http://collector:4318/v1/traces"
+            "https://collector:4318/v1/traces"
+        );
+        assert_eq!(t.ca_file, None);
+        c.otel_exporter_otlp_certificate = Some("/etc/ca.pem".into());
+        let t = Config::try_from(c.clone()).unwrap().tracing.unwrap();
+        assert_eq!(
+            t.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
         );
         assert!((t.sampling_rate - 0.5).abs() < f64::EPSILON);
         assert_eq!(t.service_name, "queue-proxy");

@@ -65,9 +65,6 @@ pub struct Listeners {
 /// Start-up failures of [`run`].
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The request-log template does not parse.
-    #[error(transparent)]
-    Template(#[from] reqlog::TemplateError),
     /// The TLS certificate cannot be loaded or the TLS settings are unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -130,7 +127,7 @@ impl Listeners {
 /// timeout), upgraded connections get up to 60 s, and the function returns.
 ///
 /// # Errors
-/// Request-log template errors, and a TLS certificate that cannot be loaded.
+/// A TLS certificate that cannot be loaded.
 pub async fn run(
     config: Config,
     listeners: Listeners,
@@ -138,9 +135,22 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let started = Instant::now();
     let obs = &config.observability;
-    let log = if obs.enable_request_log && !obs.request_log_template.is_empty() {
+    // Knative (`sharedmain.requestLogHandler`): a template its parser rejects is logged and the
+    // pod serves without request logs.
+    let template = match obs.enable_request_log && !obs.request_log_template.is_empty() {
+        true => reqlog::Template::parse(&obs.request_log_template)
+            .inspect_err(|e| {
+                tracing::error!(
+                    error = %e,
+                    "Error setting up request logger. Request logs will be unavailable."
+                );
+            })
+            .ok(),
+        false => None,
+    };
+    let log = if let Some(template) = template {
         Some((
-            reqlog::Template::parse(&obs.request_log_template)?,
+            template,
             reqlog::Revision {
                 name: config.revision.clone(),
                 namespace: config.namespace.clone(),
@@ -155,6 +165,9 @@ pub async fn run(
     };
     let tls = match &listeners.tls {
         Some(_) => {
+            if let Some(e) = &config.tls.env_error {
+                return Err(tls::TlsError::Env(e.clone()).into());
+            }
             let provider = Arc::new(tls::provider_for(&config.tls));
             let store = Arc::new(tls::CertStore::load(&config.tls.cert_dir, provider)?);
             let server = tls::server_config(&config.tls, store.clone())?;
@@ -163,10 +176,8 @@ pub async fn run(
         None => None,
     };
     let mut registry = Registry::default();
-    let metrics = listeners
-        .user_metrics
-        .as_ref()
-        .map(|_| Arc::new(observe::Metrics::register(&mut registry)));
+    let metrics = (listeners.user_metrics.is_some() || config.metrics_push.is_some())
+        .then(|| Arc::new(observe::Metrics::register(&mut registry)));
     let registry = Arc::new(registry);
     let observer = observe::Observer::new(metrics, log, obs.enable_probe_request_log);
     let in_flight = observer.in_flight.clone();
@@ -282,6 +293,14 @@ pub async fn run(
         side_opts.clone(),
         side.clone(),
     ));
+    if let Some(push) = config.metrics_push.clone() {
+        // Its own task: a slow or black-holed collector never touches the request path.
+        tokio::spawn(shared::telemetry::otlp::push::run(
+            push,
+            registry.clone(),
+            side.clone(),
+        ));
+    }
     if let Some(l) = listeners.user_metrics {
         let registry = registry.clone();
         let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {

@@ -29,11 +29,15 @@ fn main() {
         Some(config.logging_config.as_str()).filter(|s| !s.is_empty()),
     );
     init(
-        LogFormat::Zap(ZapFormat {
-            logger: "queueproxy".into(),
-            key: Some(format!("{}/{}", config.namespace, config.revision)),
-            pod: Some(config.pod.clone()),
-        }),
+        LogFormat::Zap(
+            ZapFormat {
+                logger: "queueproxy".into(),
+                key: Some(format!("{}/{}", config.namespace, config.revision)),
+                pod: Some(config.pod.clone()),
+                ..ZapFormat::default()
+            }
+            .with_zap_config(Some(config.logging_config.as_str())),
+        ),
         level,
     );
     let rt = match runtime().enable_all().build() {
@@ -74,10 +78,6 @@ fn main() {
         };
         match queue_proxy::run(config, listeners, first).await {
             Ok(()) => 0,
-            Err(e @ queue_proxy::StartError::Template(_)) => {
-                tracing::error!(error = %e, "invalid configuration");
-                EXIT_CONFIG
-            }
             // Knative: a certificate that cannot be loaded is fatal (exit 1).
             Err(e @ queue_proxy::StartError::Tls(_)) => {
                 tracing::error!(error = %e, "Failed to bring up queue-proxy, shutting down.");

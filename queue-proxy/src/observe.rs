@@ -25,7 +25,7 @@ use shared::http::proxy::Tunnel;
 use shared::telemetry::trace::TraceContext;
 use tower::Service;
 
-use crate::reqlog::{Entry, Revision, Template};
+use crate::reqlog::{Entry, Revision, Template, TlsState};
 use crate::stack::{InFlightCounter, InFlightGuard, QpBody, Resp};
 
 /// Knative's histogram buckets for request durations, in seconds.
@@ -40,8 +40,11 @@ struct StatusLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServerLabels {
-    http_request_method: String,
+    http_request_method: &'static str,
     url_scheme: &'static str,
+    server_address: String,
+    /// Absent (empty) when the Host names no port or the scheme's default one, as otelhttp.
+    server_port: Option<u16>,
     network_protocol_name: &'static str,
     network_protocol_version: &'static str,
     http_response_status_code: u16,
@@ -88,6 +91,46 @@ impl Metrics {
         });
         m
     }
+}
+
+/// The method label as OpenTelemetry's semantic conventions (and so otelhttp) record it: the
+/// nine standard methods, anything else `_OTHER`, so a client cannot grow the scrape by sending
+/// made-up methods.
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::TRACE => "TRACE",
+        http::Method::PATCH => "PATCH",
+        _ => "_OTHER",
+    }
+}
+
+/// `server.address` and `server.port` as otelhttp derives them from the request's Host: the
+/// port only when it is given and not the scheme's default.
+pub fn server_labels<B>(req: &Request<B>, tls: bool) -> (String, Option<u16>) {
+    let host = req
+        .uri()
+        .authority()
+        .map(http::uri::Authority::as_str)
+        .or_else(|| headers::first(req.headers(), &http::header::HOST))
+        .unwrap_or("");
+    let (name, port) = match host.strip_prefix('[').and_then(|r| r.split_once(']')) {
+        Some((h, rest)) => (h, rest.strip_prefix(':')),
+        None => match host.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host, None),
+        },
+    };
+    let port = port
+        .and_then(|p| p.parse::<u16>().ok())
+        .filter(|&p| p != if tls { 443 } else { 80 });
+    (name.to_owned(), port)
 }
 
 /// Knative's route-tag label (§7.4).
@@ -208,17 +251,20 @@ where
         let in_flight = self.obs.in_flight.enter();
         let probe = headers::is_any_probe(req.headers());
         let metrics = match (&self.obs.metrics, probe) {
-            (Some(m), false) => Some((
-                m.clone(),
+            (Some(m), false) => Some((m.clone(), {
+                let tls = req.extensions().get::<crate::tls::TlsInfo>().is_some();
+                let (server_address, server_port) = server_labels(&req, tls);
                 ServerLabels {
-                    http_request_method: req.method().as_str().to_owned(),
-                    url_scheme: "http",
+                    http_request_method: method_label(req.method()),
+                    url_scheme: if tls { "https" } else { "http" },
+                    server_address,
+                    server_port,
                     network_protocol_name: "http",
                     network_protocol_version: proto(req.version()).1,
                     http_response_status_code: 0,
                     kn_route_tag: route_tag(req.headers()),
-                },
-            )),
+                }
+            })),
             _ => None,
         };
         let log = match &self.obs.log {
@@ -230,8 +276,13 @@ where
                     tls: req
                         .extensions()
                         .get::<crate::tls::TlsInfo>()
-                        .map(ToString::to_string),
-                    ..Entry::from_request(&req)
+                        .map(|t| TlsState {
+                            version: t.version,
+                            cipher_suite: t.cipher_suite,
+                            alpn: t.alpn.clone(),
+                            server_name: t.server_name.clone(),
+                        }),
+                    ..l.0.entry(&req)
                 };
                 Some((l.clone(), entry))
             }

@@ -81,9 +81,16 @@ pub struct TlsConfig {
     pub min_version: Version,
     /// Highest version offered.
     pub max_version: Version,
-    /// TLS 1.2 suites allowed (`QUEUE_PROXY_TLS_CIPHER_SUITES`); empty = the provider's default.
-    /// TLS 1.3 suites are not configurable (as in Go).
-    pub cipher_suites: Vec<CipherSuite>,
+    /// TLS 1.2 suites allowed (`QUEUE_PROXY_TLS_CIPHER_SUITES`); `None` = the provider's
+    /// default. TLS 1.3 suites are not configurable (as in Go, which ignores their names here).
+    pub cipher_suites: Option<Vec<CipherSuite>>,
+    /// Suite and curve names Go accepts that this build cannot offer: warned once when the TLS
+    /// listener starts.
+    pub skipped: Vec<String>,
+    /// A `QUEUE_PROXY_TLS_*` value Knative rejects. Knative reads these only when the
+    /// certificate is mounted and then exits 1 ("Failed to read TLS configuration from
+    /// environment"); without TLS the pod serves. So: fatal only when the TLS listener starts.
+    pub env_error: Option<String>,
     /// Key-exchange groups in preference order (`QUEUE_PROXY_TLS_CURVE_PREFERENCES`); empty =
     /// the provider's default.
     pub curves: Vec<NamedGroup>,
@@ -96,8 +103,10 @@ impl Default for TlsConfig {
             reload_period: RELOAD_PERIOD,
             min_version: Version::Tls13,
             max_version: Version::Tls13,
-            cipher_suites: Vec::new(),
+            cipher_suites: None,
             curves: Vec::new(),
+            skipped: Vec::new(),
+            env_error: None,
         }
     }
 }
@@ -119,32 +128,68 @@ fn provider() -> CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 
-/// Parses Go/IANA cipher-suite names into the TLS 1.2 suites this build supports.
+/// Go's `tls.CipherSuites()` names that rustls does not implement (CBC and RSA key exchange):
+/// Knative accepts them, we skip them with a warning.
+const GO_SUITES_NOT_HERE: &[&str] = &[
+    "TLS_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
+];
+
+/// Go's TLS 1.3 suite names: in `tls.CipherSuites()`, so accepted, but Go never applies
+/// `CipherSuites` to TLS 1.3.
+const GO_TLS13_SUITES: &[&str] = &[
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+];
+
+/// `QUEUE_PROXY_TLS_CIPHER_SUITES` parsed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CipherSuites {
+    /// The TLS 1.2 suites to offer; `None` when the list names no suite at all (the default).
+    pub tls12: Option<Vec<CipherSuite>>,
+    /// Names Go accepts that this build cannot offer.
+    pub skipped: Vec<String>,
+}
+
+/// Parses a comma-separated list of Go cipher-suite names (`tls.CipherSuites()` names, as
+/// knative.dev/pkg/network/tls does).
 ///
 /// # Errors
-/// A name this build does not support (rustls implements only the ECDHE + AEAD suites; Go's CBC
-/// and RSA-key-exchange suites are refused rather than silently dropped).
-pub fn parse_cipher_suites(csv: &str) -> Result<Vec<CipherSuite>, String> {
+/// A name outside Go's list (Go's insecure suites, the short CHACHA20 constant names, typos):
+/// Knative refuses those too.
+pub fn parse_cipher_suites(csv: &str) -> Result<CipherSuites, String> {
     let supported: Vec<CipherSuite> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
-    names(csv)
-        .map(|name| {
-            // Go also accepts the CHACHA20 suites without the `_SHA256` suffix.
-            let iana = if name.ends_with("_CHACHA20_POLY1305") {
-                format!("{name}_SHA256")
-            } else {
-                name.to_owned()
-            };
-            supported
-                .iter()
-                .copied()
-                .find(|s| format!("{s:?}") == iana)
-                .ok_or_else(|| format!("unsupported cipher suite {name:?}"))
-        })
-        .collect()
+    let mut out = CipherSuites::default();
+    for name in names(csv) {
+        let tls12 = out.tls12.get_or_insert_with(Vec::new);
+        if GO_TLS13_SUITES.contains(&name) {
+            continue;
+        }
+        if GO_SUITES_NOT_HERE.contains(&name) {
+            out.skipped.push(name.to_owned());
+            continue;
+        }
+        let suite = supported
+            .iter()
+            .copied()
+            .filter(|s| !format!("{s:?}").starts_with("TLS13_"))
+            .find(|s| format!("{s:?}") == name)
+            .ok_or_else(|| format!("unknown cipher suite {name:?}"))?;
+        tls12.push(suite);
+    }
+    Ok(out)
 }
 
 /// Parses Go curve names; groups Go knows but this build lacks (`P-521`, `X25519MLKEM768`)
-/// are skipped with a warning, as they only narrow the preference list.
+/// are skipped ([`skipped_curves`], warned at TLS start), as they only narrow the preference
+/// list.
 ///
 /// # Errors
 /// A name Go does not know either.
@@ -155,13 +200,22 @@ pub fn parse_curves(csv: &str) -> Result<Vec<NamedGroup>, String> {
             "X25519" => out.push(NamedGroup::X25519),
             "CurveP256" | "P-256" => out.push(NamedGroup::secp256r1),
             "CurveP384" | "P-384" => out.push(NamedGroup::secp384r1),
-            "CurveP521" | "P-521" | "X25519MLKEM768" => {
-                tracing::warn!(curve = name, "curve not supported by this build; skipped");
-            }
+            n if GO_CURVES_NOT_HERE.contains(&n) => {}
             other => return Err(format!("unknown curve {other:?}")),
         }
     }
     Ok(out)
+}
+
+/// Curve names Go accepts that this build cannot offer (skipped, warned at TLS start).
+const GO_CURVES_NOT_HERE: &[&str] = &["CurveP521", "P-521", "X25519MLKEM768"];
+
+/// The names in `csv` that [`parse_curves`] skips.
+pub fn skipped_curves(csv: &str) -> Vec<String> {
+    names(csv)
+        .filter(|n| GO_CURVES_NOT_HERE.contains(n))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn names(csv: &str) -> impl Iterator<Item = &str> {
@@ -190,6 +244,9 @@ pub enum TlsError {
     /// rustls refused the configuration (versions, suites or groups left nothing usable).
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
+    /// A `QUEUE_PROXY_TLS_*` value Knative rejects too ([`TlsConfig::env_error`]).
+    #[error("Failed to read TLS configuration from environment: {0}")]
+    Env(String),
 }
 
 /// True if both `tls.crt` and `tls.key` exist in `dir` (Knative's condition for serving TLS).
@@ -333,13 +390,19 @@ pub fn server_config(cfg: &TlsConfig, store: Arc<CertStore>) -> Result<ServerCon
     Ok(config)
 }
 
-/// The crypto provider narrowed to `cfg`'s suites and groups.
+/// The crypto provider narrowed to `cfg`'s suites and groups; warns once about names Go accepts
+/// that this build skips.
 pub fn provider_for(cfg: &TlsConfig) -> CryptoProvider {
+    for name in &cfg.skipped {
+        tracing::warn!(
+            name = %name,
+            "TLS cipher suite or curve not supported by this build; skipped"
+        );
+    }
     let mut p = provider();
-    if !cfg.cipher_suites.is_empty() {
-        p.cipher_suites.retain(|s| {
-            s.version() == &rustls::version::TLS13 || cfg.cipher_suites.contains(&s.suite())
-        });
+    if let Some(tls12) = &cfg.cipher_suites {
+        p.cipher_suites
+            .retain(|s| s.version() == &rustls::version::TLS13 || tls12.contains(&s.suite()));
     }
     if !cfg.curves.is_empty() {
         let all = std::mem::take(&mut p.kx_groups);

@@ -60,19 +60,45 @@ fn versions_suites_and_curves_parse_like_knative() {
     assert!(parse_version("1.1", Version::Tls13).is_err());
     assert_eq!(
         parse_cipher_suites(
-            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305"
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"
         ),
-        Ok(vec![
-            CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-            CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
-        ])
+        Ok(CipherSuites {
+            tls12: Some(vec![
+                CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+            ]),
+            skipped: vec![],
+        })
     );
-    assert!(
-        parse_cipher_suites("TLS_RSA_WITH_AES_128_CBC_SHA")
-            .unwrap_err()
-            .contains("TLS_RSA_WITH_AES_128_CBC_SHA")
+    // Issue 14: Go's list holds the TLS 1.3 names (Go ignores them for 1.3), and CBC / RSA
+    // key-exchange suites rustls lacks: accepted, the latter skipped.
+    assert_eq!(
+        parse_cipher_suites(
+            "TLS_AES_128_GCM_SHA256,TLS_AES_256_GCM_SHA384,TLS_CHACHA20_POLY1305_SHA256"
+        ),
+        Ok(CipherSuites {
+            tls12: Some(vec![]),
+            skipped: vec![],
+        })
     );
-    assert_eq!(parse_cipher_suites(""), Ok(vec![]));
+    assert_eq!(
+        parse_cipher_suites("TLS_RSA_WITH_AES_128_CBC_SHA,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
+        Ok(CipherSuites {
+            tls12: Some(vec![CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]),
+            skipped: vec!["TLS_RSA_WITH_AES_128_CBC_SHA".into()],
+        })
+    );
+    // Not in Go's `tls.CipherSuites()`: Knative refuses them too.
+    for bad in [
+        "TLS_RSA_WITH_RC4_128_SHA",
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+        "TLS13_AES_128_GCM_SHA256",
+        "nope",
+    ] {
+        assert!(parse_cipher_suites(bad).unwrap_err().contains(bad), "{bad}");
+    }
+    assert_eq!(parse_cipher_suites(""), Ok(CipherSuites::default()));
+    assert_eq!(skipped_curves("X25519, P-521"), vec!["P-521".to_owned()]);
     assert_eq!(
         parse_curves("CurveP256,X25519,X25519MLKEM768,P-384"),
         Ok(vec![
@@ -87,7 +113,7 @@ fn versions_suites_and_curves_parse_like_knative() {
 #[test]
 fn provider_keeps_tls13_suites_and_orders_groups() {
     let cfg = TlsConfig {
-        cipher_suites: vec![CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384],
+        cipher_suites: Some(vec![CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384]),
         curves: vec![NamedGroup::secp384r1, NamedGroup::X25519],
         ..TlsConfig::default()
     };
@@ -98,7 +124,7 @@ fn provider_keeps_tls13_suites_and_orders_groups() {
         .filter(|s| s.version() == &rustls::version::TLS12)
         .map(|s| s.suite())
         .collect();
-    assert_eq!(tls12, cfg.cipher_suites);
+    assert_eq!(Some(tls12), cfg.cipher_suites);
     assert!(
         p.cipher_suites
             .iter()

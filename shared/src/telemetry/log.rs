@@ -1,8 +1,13 @@
 //! Logs in Knative's zap JSON shape, or a human format for local runs.
 //!
-//! Knative's `config-logging` encoder writes `severity`, `timestamp` (ISO-8601), `logger`,
-//! `caller`, `message`, plus `knative.dev/key` and `knative.dev/pod`; log pipelines built for
-//! Knative parse exactly these keys, so we write them, and add the event's own fields.
+//! Knative builds its logger from `config-logging`'s `zap-logger-config` laid over zapdriver's
+//! production config (knative.dev/pkg `logging.stackdriverConfig`): with no config (a stock
+//! install) that writes `severity` as `DEBUG`/`INFO`/`WARNING`/`ERROR` and `timestamp` as
+//! RFC 3339 with nanoseconds, then `logger`, `caller`, `message`, `knative.dev/key`,
+//! `knative.dev/pod` (and `knative.dev/controller` in the activator). A config that sets
+//! `encoderConfig` keys or the level/time encoders changes them as zap would ([`ZapFormat::
+//! with_zap_config`]). Log pipelines built for Knative parse exactly these, so we write them,
+//! and add the event's own fields.
 
 use std::fmt;
 
@@ -22,6 +27,167 @@ pub struct ZapFormat {
     pub key: Option<String>,
     /// `knative.dev/pod`, when known.
     pub pod: Option<String>,
+    /// `knative.dev/controller` (the activator's component name), when set.
+    pub controller: Option<String>,
+    /// Key names and encoders from `zap-logger-config`'s `encoderConfig`.
+    pub encoder: EncoderConfig,
+}
+
+/// How zap names a level.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LevelEncoding {
+    /// zapdriver's: `DEBUG`, `INFO`, `WARNING`, `ERROR` (no config given).
+    #[default]
+    Zapdriver,
+    /// zap's `capital`: `WARN`.
+    Capital,
+    /// zap's default for any other `levelEncoder` value, `""` included: `warn`.
+    Lowercase,
+}
+
+/// How zap writes the time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TimeEncoding {
+    /// RFC 3339 with nanoseconds, trailing zeros trimmed (zapdriver's, and `rfc3339nano`).
+    #[default]
+    Rfc3339Nano,
+    /// `rfc3339`: whole seconds.
+    Rfc3339,
+    /// `iso8601`: milliseconds (`2006-01-02T15:04:05.000Z0700`, `Z` in UTC).
+    Iso8601,
+    /// `millis`: float milliseconds since the epoch.
+    Millis,
+    /// `nanos`: integer nanoseconds since the epoch.
+    Nanos,
+    /// zap's default for any other value: float seconds since the epoch.
+    Epoch,
+}
+
+/// `encoderConfig` of a zap JSON config, over zapdriver's production defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncoderConfig {
+    /// `timeKey`.
+    pub time_key: String,
+    /// `levelKey`.
+    pub level_key: String,
+    /// `nameKey`.
+    pub name_key: String,
+    /// `callerKey`.
+    pub caller_key: String,
+    /// `messageKey`.
+    pub message_key: String,
+    /// `levelEncoder`.
+    pub level: LevelEncoding,
+    /// `timeEncoder`.
+    pub time: TimeEncoding,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        Self {
+            time_key: "timestamp".into(),
+            level_key: "severity".into(),
+            name_key: "logger".into(),
+            caller_key: "caller".into(),
+            message_key: "message".into(),
+            level: LevelEncoding::Zapdriver,
+            time: TimeEncoding::Rfc3339Nano,
+        }
+    }
+}
+
+impl EncoderConfig {
+    /// Lays a `zap-logger-config` JSON over the defaults as Go's `json.Unmarshal` does: only
+    /// keys present change. An unparsable config keeps the defaults (Knative falls back to
+    /// zapdriver's production config).
+    pub fn from_zap_config(json: Option<&str>) -> Self {
+        let mut c = Self::default();
+        let Some(enc) = json
+            .filter(|j| !j.trim().is_empty())
+            .and_then(|j| serde_json::from_str::<Value>(j).ok())
+            .and_then(|v| v.get("encoderConfig").cloned())
+        else {
+            return c;
+        };
+        let s = |k: &str| enc.get(k).and_then(Value::as_str).map(str::to_owned);
+        for (k, slot) in [
+            ("timeKey", &mut c.time_key),
+            ("levelKey", &mut c.level_key),
+            ("nameKey", &mut c.name_key),
+            ("callerKey", &mut c.caller_key),
+            ("messageKey", &mut c.message_key),
+        ] {
+            if let Some(v) = s(k) {
+                *slot = v;
+            }
+        }
+        if let Some(v) = s("levelEncoder") {
+            c.level = match v.as_str() {
+                "capital" | "capitalColor" => LevelEncoding::Capital,
+                _ => LevelEncoding::Lowercase,
+            };
+        }
+        if let Some(v) = s("timeEncoder") {
+            c.time = match v.as_str() {
+                "rfc3339nano" | "RFC3339Nano" => TimeEncoding::Rfc3339Nano,
+                "rfc3339" | "RFC3339" => TimeEncoding::Rfc3339,
+                "iso8601" | "ISO8601" => TimeEncoding::Iso8601,
+                "millis" => TimeEncoding::Millis,
+                "nanos" => TimeEncoding::Nanos,
+                _ => TimeEncoding::Epoch,
+            };
+        }
+        c
+    }
+
+    fn level(&self, level: &Level) -> &'static str {
+        match (self.level, *level) {
+            (LevelEncoding::Lowercase, Level::ERROR) => "error",
+            (LevelEncoding::Lowercase, Level::WARN) => "warn",
+            (LevelEncoding::Lowercase, Level::INFO) => "info",
+            (LevelEncoding::Lowercase, _) => "debug",
+            (_, Level::ERROR) => "ERROR",
+            (LevelEncoding::Zapdriver, Level::WARN) => "WARNING",
+            (_, Level::WARN) => "WARN",
+            (_, Level::INFO) => "INFO",
+            _ => "DEBUG",
+        }
+    }
+
+    fn time(&self, now: std::time::SystemTime) -> Value {
+        let since = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        match self.time {
+            TimeEncoding::Rfc3339Nano => {
+                // humantime writes nine digits; Go's RFC3339Nano trims trailing zeros.
+                let t = humantime::format_rfc3339_nanos(now).to_string();
+                let (head, frac) = t.trim_end_matches('Z').split_once('.').unwrap_or((&t, ""));
+                let frac = frac.trim_end_matches('0');
+                if frac.is_empty() {
+                    format!("{}Z", head.trim_end_matches('Z')).into()
+                } else {
+                    format!("{head}.{frac}Z").into()
+                }
+            }
+            TimeEncoding::Rfc3339 => humantime::format_rfc3339_seconds(now).to_string().into(),
+            // Go's `Z0700` prints `Z` for UTC, the zone of our timestamps.
+            TimeEncoding::Iso8601 => humantime::format_rfc3339_millis(now).to_string().into(),
+            TimeEncoding::Millis => Value::from(since.as_secs_f64() * 1e3),
+            TimeEncoding::Nanos => Value::from(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)),
+            TimeEncoding::Epoch => Value::from(since.as_secs_f64()),
+        }
+    }
+}
+
+impl ZapFormat {
+    /// Applies `zap-logger-config`'s `encoderConfig` (`SERVING_LOGGING_CONFIG`,
+    /// `config-logging`).
+    #[must_use]
+    pub fn with_zap_config(mut self, json: Option<&str>) -> Self {
+        self.encoder = EncoderConfig::from_zap_config(json);
+        self
+    }
 }
 
 struct JsonVisitor<'a>(&'a mut Map<String, Value>);
@@ -48,16 +214,6 @@ impl Visit for JsonVisitor<'_> {
     }
 }
 
-/// zap's capital level names.
-fn severity(level: &Level) -> &'static str {
-    match *level {
-        Level::ERROR => "ERROR",
-        Level::WARN => "WARN",
-        Level::INFO => "INFO",
-        Level::DEBUG | Level::TRACE => "DEBUG",
-    }
-}
-
 impl<S, N> FormatEvent<S, N> for ZapFormat
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -73,23 +229,22 @@ where
         let mut fields = Map::new();
         event.record(&mut JsonVisitor(&mut fields));
         let message = fields.remove("message").unwrap_or(Value::from(""));
+        let enc = &self.encoder;
         let mut obj = Map::new();
-        obj.insert("severity".into(), severity(meta.level()).into());
-        obj.insert(
-            "timestamp".into(),
-            humantime::format_rfc3339_millis(std::time::SystemTime::now())
-                .to_string()
-                .into(),
-        );
-        obj.insert("logger".into(), self.logger.clone().into());
+        obj.insert(enc.level_key.clone(), enc.level(meta.level()).into());
+        obj.insert(enc.time_key.clone(), enc.time(std::time::SystemTime::now()));
+        obj.insert(enc.name_key.clone(), self.logger.clone().into());
         let caller = match (meta.file(), meta.line()) {
             (Some(f), Some(l)) => format!("{f}:{l}"),
             _ => meta.target().to_owned(),
         };
-        obj.insert("caller".into(), caller.into());
-        obj.insert("message".into(), message);
+        obj.insert(enc.caller_key.clone(), caller.into());
+        obj.insert(enc.message_key.clone(), message);
         if let Some(k) = &self.key {
             obj.insert("knative.dev/key".into(), k.clone().into());
+        }
+        if let Some(c) = &self.controller {
+            obj.insert("knative.dev/controller".into(), c.clone().into());
         }
         if let Some(p) = &self.pod {
             obj.insert("knative.dev/pod".into(), p.clone().into());
@@ -103,6 +258,8 @@ where
 
 /// How logs are written.
 #[derive(Clone, Debug)]
+// Built once at start and moved into the subscriber: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum LogFormat {
     /// Knative's zap JSON, one object per line (containers).
     Zap(ZapFormat),
@@ -185,6 +342,7 @@ mod tests {
                 logger: "queueproxy".into(),
                 key: Some("default/hello-00001".into()),
                 pod: Some("hello-00001-deployment-abc".into()),
+                ..ZapFormat::default()
             })
             .finish();
         tracing::subscriber::with_default(sub, || {
@@ -192,7 +350,8 @@ mod tests {
         });
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         let v: Value = serde_json::from_str(text.trim()).unwrap();
-        assert_eq!(v["severity"], "WARN");
+        // zapdriver's level names (Knative's logger when config-logging sets no encoder).
+        assert_eq!(v["severity"], "WARNING");
         assert_eq!(v["logger"], "queueproxy");
         assert_eq!(v["message"], "Request timeout: 300s");
         assert_eq!(v["knative.dev/key"], "default/hello-00001");
@@ -201,6 +360,37 @@ mod tests {
         assert!(v["caller"].as_str().unwrap().contains("log.rs:"));
         let ts = v["timestamp"].as_str().unwrap();
         assert!(humantime::parse_rfc3339(ts).is_ok(), "ISO-8601: {ts}");
+        // RFC 3339 with nanoseconds (trailing zeros trimmed): more than milliseconds, except
+        // at the rare instant whose last six digits are zero.
+        let frac = ts.trim_end_matches('Z').split_once('.').map_or("", |f| f.1);
+        assert!(frac.len() <= 9 && !frac.ends_with('0'), "{ts}");
+    }
+
+    #[test]
+    fn encoder_config_as_zap_reads_it() {
+        let d = EncoderConfig::from_zap_config(None);
+        assert_eq!(d, EncoderConfig::default());
+        assert_eq!(d.level(&Level::WARN), "WARNING");
+        // config-logging's `_example`: `"levelEncoder": ""` is zap's lowercase,
+        // `"timeEncoder": "iso8601"` milliseconds with a numeric zone.
+        let ex = r#"{"level":"info","encoding":"json","encoderConfig":{"timeKey":"timestamp","levelKey":"severity","nameKey":"logger","callerKey":"caller","messageKey":"message","stacktraceKey":"stacktrace","lineEnding":"","levelEncoder":"","timeEncoder":"iso8601","durationEncoder":"","callerEncoder":""}}"#;
+        let c = EncoderConfig::from_zap_config(Some(ex));
+        assert_eq!(c.level(&Level::WARN), "warn");
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(1_700_000_000_123_456_789);
+        assert_eq!(c.time(t), Value::from("2023-11-14T22:13:20.123Z"));
+        assert_eq!(d.time(t), Value::from("2023-11-14T22:13:20.123456789Z"));
+        let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_500);
+        assert_eq!(d.time(t0), Value::from("2023-11-14T22:13:20.5Z"));
+        let caps = EncoderConfig::from_zap_config(Some(
+            r#"{"encoderConfig":{"levelEncoder":"capital","timeEncoder":"nanos","messageKey":"msg"}}"#,
+        ));
+        assert_eq!(caps.level(&Level::WARN), "WARN");
+        assert_eq!(caps.message_key, "msg");
+        assert_eq!(caps.time(t), Value::from(1_700_000_000_123_456_789u64));
+        assert_eq!(
+            EncoderConfig::from_zap_config(Some("not json")),
+            EncoderConfig::default()
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub mod names {
     /// activator: time a request was held before capacity (histogram, seconds, ours; #13459).
     pub const ACTIVATOR_HOLD_DURATION: &str = "kn_activator_hold_duration_seconds";
     /// activator: stats websocket connected (gauge 0/1).
-    pub const STATS_CONNECTION_UP: &str = "kn_activator_stats_connection_up";
+    pub const STATS_CONNECTION_UP: &str = "kn_activator_stats_conn_reachable";
     /// activator: stats websocket disconnects (counter; prometheus-client appends `_total`).
     pub const STATS_CONNECTION_ERRORS: &str = "kn_activator_stats_conn_errors";
 }

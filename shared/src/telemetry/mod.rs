@@ -4,4 +4,5 @@ pub mod log;
 pub mod metrics;
 pub mod otlp;
 pub mod reqlog;
+pub mod template;
 pub mod trace;

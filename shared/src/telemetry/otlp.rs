@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::trace::TraceContext;
 
 pub mod collector;
+pub mod push;
 pub mod request;
 
 // === wire messages (opentelemetry-proto v1) ===
@@ -309,6 +310,10 @@ pub struct ExportConfig {
     pub service_name: String,
     /// Extra resource attributes (`OTEL_RESOURCE_ATTRIBUTES`, Knative's pod/revision labels).
     pub resource: Vec<(String, String)>,
+    /// PEM file of the CAs trusted for an `https` endpoint instead of the system's
+    /// (`OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` / `OTEL_EXPORTER_OTLP_CERTIFICATE`, as the OTel
+    /// SDK Knative uses reads them).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Why an exporter could not be configured.
@@ -332,9 +337,13 @@ impl ExportConfig {
     /// (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is used as given; `OTEL_EXPORTER_OTLP_ENDPOINT`
     /// gets the signal path appended, as the OTel spec says). `Ok(None)` means tracing is off.
     ///
+    /// Endpoints as knative.dev/pkg hands them to the OTel SDK: a URL keeps its scheme (`https`
+    /// exports over TLS); a bare `host:port` whose host is a name (Go parses it as an opaque
+    /// URL) gets `https://`, so it is TLS too; a bare `ip:port` (which Go's URL parser rejects)
+    /// stays plain HTTP.
+    ///
     /// # Errors
-    /// An unknown protocol, or an endpoint that is missing, not a URL, or `https` (we export in
-    /// clear text only, to a node-local collector; documented).
+    /// An unknown protocol, or an endpoint that is missing or not a URL.
     pub fn from_knative(
         protocol: &str,
         endpoint: Option<&str>,
@@ -363,7 +372,7 @@ impl ExportConfig {
                     });
                 }
             };
-            Some(endpoint_uri(raw, full, &protocol)?)
+            Some(endpoint_uri(raw, full, &protocol, Signal::Traces)?)
         };
         Ok(Some(Self {
             protocol,
@@ -371,42 +380,131 @@ impl ExportConfig {
             sampling_rate,
             service_name: String::new(),
             resource: Vec::new(),
+            ca_file: None,
         }))
     }
 }
 
-fn endpoint_uri(raw: &str, full: bool, protocol: &Protocol) -> Result<Uri, ExportError> {
+/// What an endpoint receives: the OTLP/HTTP path and the gRPC method differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Signal {
+    Traces,
+    Metrics,
+}
+
+pub(crate) fn endpoint_uri(
+    raw: &str,
+    full: bool,
+    protocol: &Protocol,
+    signal: Signal,
+) -> Result<Uri, ExportError> {
     let bad = |reason| ExportError::Endpoint {
         endpoint: raw.to_owned(),
         reason,
     };
     let with_scheme = if raw.contains("://") {
         raw.to_owned()
+    } else if opaque_host_port(raw) {
+        format!("https://{raw}")
     } else {
         format!("http://{raw}")
     };
     let uri: Uri = with_scheme.parse().map_err(|_| bad("not a URL"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(bad(
-                "https is not supported; export to a plain-text collector (e.g. node-local)",
-            ));
-        }
-        _ => return Err(bad("scheme must be http")),
-    }
+    let scheme = match uri.scheme_str() {
+        Some("http") => "http",
+        Some("https") => "https",
+        _ => return Err(bad("scheme must be http or https")),
+    };
     let authority = uri.authority().ok_or_else(|| bad("no host"))?.clone();
-    let path = match protocol {
-        Protocol::Grpc => "/opentelemetry.proto.collector.trace.v1.TraceService/Export".to_owned(),
-        _ if full => uri.path().to_owned(),
-        _ => format!("{}/v1/traces", uri.path().trim_end_matches('/')),
+    let path = match (protocol, signal) {
+        (Protocol::Grpc, Signal::Traces) => {
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export".to_owned()
+        }
+        (Protocol::Grpc, Signal::Metrics) => {
+            "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export".to_owned()
+        }
+        // A URL with a path is used as given (the OTel SDK's `WithEndpointURL`, which Knative
+        // calls): upstream's own examples name `…/v1/traces` and `…/api/v1/otlp/v1/metrics`.
+        _ if full || !matches!(uri.path(), "" | "/") => uri.path().to_owned(),
+        (_, Signal::Traces) => format!("{}/v1/traces", uri.path().trim_end_matches('/')),
+        (_, Signal::Metrics) => format!("{}/v1/metrics", uri.path().trim_end_matches('/')),
     };
     Uri::builder()
-        .scheme("http")
+        .scheme(scheme)
         .authority(authority)
         .path_and_query(path)
         .build()
         .map_err(|_| bad("not a URL"))
+}
+
+/// Whether Go's `url.Parse` reads `raw` as `scheme:opaque` (a name, then `:` and more): what
+/// knative.dev/pkg turns into `https://raw`.
+fn opaque_host_port(raw: &str) -> bool {
+    let Some((head, rest)) = raw.split_once(':') else {
+        return false;
+    };
+    let mut chars = head.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && !rest.is_empty()
+        && !rest.starts_with('/')
+}
+
+/// The exporter's HTTP client: plain HTTP, and TLS for `https` endpoints with the system's
+/// roots or `ca_file`'s. gRPC offers only `h2` in ALPN.
+pub(crate) type ExportClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+pub(crate) fn export_client(grpc: bool, ca_file: Option<&std::path::Path>) -> ExportClient {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let custom = |roots: rustls::RootCertStore| {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring implements the default TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth()
+    };
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match ca_file {
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            match CertificateDer::pem_file_iter(path) {
+                Ok(certs) => {
+                    for c in certs.flatten() {
+                        let _ = roots.add(c);
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    path = %path.display(),
+                    "cannot read the OTLP exporter's CA file; https exports will fail"
+                ),
+            }
+            builder.with_tls_config(custom(roots))
+        }
+        None => builder.with_native_roots().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no system CA certificates; https exports will fail");
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(custom(rustls::RootCertStore::empty()))
+        }),
+    };
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    let connector = if grpc {
+        builder.https_or_http().enable_http2().wrap_connector(http)
+    } else {
+        builder
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http)
+    };
+    let mut b = Client::builder(TokioExecutor::new());
+    if grpc {
+        b.http2_only(true);
+    }
+    b.build(connector)
 }
 
 // === sampling ===
@@ -572,13 +670,7 @@ async fn export_loop(
     mut rx: mpsc::Receiver<SpanData>,
     shutdown: CancellationToken,
 ) {
-    let client: Client<HttpConnector, Full<Bytes>> = {
-        let mut b = Client::builder(TokioExecutor::new());
-        if config.protocol == Protocol::Grpc {
-            b.http2_only(true);
-        }
-        b.build_http()
-    };
+    let client = export_client(config.protocol == Protocol::Grpc, config.ca_file.as_deref());
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         let stop = tokio::select! {
@@ -611,11 +703,7 @@ async fn export_loop(
     }
 }
 
-async fn send(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    config: &ExportConfig,
-    spans: &[SpanData],
-) {
+async fn send(client: &ExportClient, config: &ExportConfig, spans: &[SpanData]) {
     let Some(uri) = config.endpoint.clone() else {
         // stdout: one JSON line per span.
         use std::io::Write as _;

@@ -72,14 +72,30 @@ fn endpoints_and_protocols() {
             .unwrap()
             .unwrap()
             .to_string(),
-        "http://collector:4318/v1/traces"
+        // knative.dev/pkg prefixes `https://` to a bare `name:port` (Go parses it as opaque).
+        "https://collector:4318/v1/traces"
+    );
+    assert_eq!(
+        c("grpc", Some("http://collector:4317"), None, None)
+            .unwrap()
+            .unwrap()
+            .to_string(),
+        "http://collector:4317/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    );
+    assert_eq!(
+        c("http/protobuf", Some("10.0.0.9:4318"), None, None)
+            .unwrap()
+            .unwrap()
+            .scheme_str(),
+        Some("http")
     );
     assert_eq!(
         c("http/protobuf", Some("http://c:4318/otlp/"), None, None)
             .unwrap()
             .unwrap()
             .to_string(),
-        "http://c:4318/otlp/v1/traces"
+        // A path is used as given (the SDK's WithEndpointURL).
+        "http://c:4318/otlp/"
     );
     // OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is used as given and wins.
     assert_eq!(
@@ -99,17 +115,25 @@ fn endpoints_and_protocols() {
             .unwrap()
             .unwrap()
             .to_string(),
-        "http://c:4317/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+        // Issue 14: a bare gRPC `host:port` is TLS in Knative.
+        "https://c:4317/opentelemetry.proto.collector.trace.v1.TraceService/Export"
     );
     assert_eq!(c("stdout", None, None, None).unwrap(), None);
     let e = c("zipkin", None, None, None).unwrap_err().to_string();
     assert!(e.contains("zipkin") && e.contains("http/protobuf"), "{e}");
     let e = c("grpc", None, None, None).unwrap_err().to_string();
     assert!(e.contains("required"), "{e}");
-    let e = c("grpc", Some("https://c:4317"), None, None)
+    assert_eq!(
+        c("grpc", Some("https://c:4317"), None, None)
+            .unwrap()
+            .unwrap()
+            .scheme_str(),
+        Some("https")
+    );
+    let e = c("grpc", Some("ftp://c:1"), None, None)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("https"), "{e}");
+    assert!(e.contains("scheme"), "{e}");
 }
 
 #[test]
@@ -251,4 +275,113 @@ async fn a_dead_collector_never_blocks_recording() {
     assert!(tracer.dropped() > 0);
     assert!(t0.elapsed() < Duration::from_secs(5));
     stop.cancel();
+}
+
+/// A collector behind TLS with a self-signed certificate for `localhost`: (endpoint, CA file,
+/// received messages).
+async fn tls_collector(
+    grpc: bool,
+) -> (
+    String,
+    std::path::PathBuf,
+    mpsc::Receiver<(String, ExportTraceServiceRequest)>,
+) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let ca = std::env::temp_dir().join(format!(
+        "otlp-ca-{}-{}.pem",
+        std::process::id(),
+        u8::from(grpc)
+    ));
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let b = if grpc { body.slice(5..) } else { body };
+                        let msg = ExportTraceServiceRequest::decode(b.as_ref()).unwrap();
+                        tx.send((path, msg)).await.unwrap();
+                        let mut r = Response::new(Full::new(Bytes::new()));
+                        if grpc {
+                            r.headers_mut().insert(
+                                "content-type",
+                                HeaderValue::from_static("application/grpc"),
+                            );
+                            r.headers_mut()
+                                .insert("grpc-status", HeaderValue::from_static("0"));
+                        }
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (format!("localhost:{port}"), ca, rx)
+}
+
+/// Issue 14 item 2: a bare `host:port` (and an `https://` URL) exports over TLS, as Knative's
+/// OTel SDK does, trusting `OTEL_EXPORTER_OTLP_CERTIFICATE`'s CA.
+async fn exports_over_tls(protocol: &str, grpc: bool, url: bool) {
+    let (hostport, ca, mut rx) = tls_collector(grpc).await;
+    let endpoint = if url {
+        format!("https://{hostport}")
+    } else {
+        hostport
+    };
+    let mut cfg = ExportConfig::from_knative(protocol, Some(&endpoint), 1.0, None, None)
+        .unwrap()
+        .unwrap();
+    assert_eq!(cfg.endpoint.as_ref().unwrap().scheme_str(), Some("https"));
+    cfg.ca_file = Some(ca.clone());
+    let stop = CancellationToken::new();
+    let tracer = Tracer::start(cfg, stop.clone());
+    tracer.record(span("GET", None));
+    let (path, msg) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("exported over TLS within the flush interval")
+        .unwrap();
+    assert!(
+        path.ends_with(if grpc { "/Export" } else { "/v1/traces" }),
+        "{path}"
+    );
+    assert_eq!(msg.resource_spans[0].scope_spans[0].spans[0].name, "GET");
+    stop.cancel();
+    let _ = std::fs::remove_file(ca);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_over_tls_to_a_bare_grpc_host_port() {
+    exports_over_tls("grpc", true, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_over_tls_to_an_https_url() {
+    exports_over_tls("http/protobuf", false, true).await;
 }

@@ -257,6 +257,12 @@ async fn a18_ambiguous_framing_gets_400_with_nothing_forwarded() {
         format!(
             "POST / HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
         ),
+        format!(
+            "POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"
+        ),
+        format!(
+            "POST / HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        ),
     ] {
         let mut s = tokio::net::TcpStream::connect(act.http1).await.unwrap();
         s.write_all(req.as_bytes()).await.unwrap();
@@ -266,7 +272,13 @@ async fn a18_ambiguous_framing_gets_400_with_nothing_forwarded() {
             .expect("connection closed")
             .unwrap();
         let resp = String::from_utf8_lossy(&buf);
-        assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+        // Go's 501 for a transfer coding other than one `chunked`, 400 for the rest.
+        let want = if req.contains("gzip") {
+            "HTTP/1.1 501"
+        } else {
+            "HTTP/1.1 400"
+        };
+        assert!(resp.starts_with(want), "{resp}");
     }
     assert_eq!(pod.requests() - before, 0);
     act.assert_no_panic();

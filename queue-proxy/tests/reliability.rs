@@ -441,6 +441,18 @@ async fn s17_oversized_headers_get_431_with_nothing_forwarded() {
             assert!(closed, "{name}: connection closed");
         }
     }
+    // The same field-count rule on HTTP/2 (h2 itself bounds only the head's bytes).
+    let mut req = Request::get(format!("http://{}/", qp.serving));
+    for i in 0..201 {
+        req = req.header(format!("x-h{i}"), "v");
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
+    let (status, _) = harness::send_request(&h2c(), req, DEADLINE).await.unwrap();
+    assert_eq!(
+        status,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "h2c 201 fields"
+    );
     assert_eq!(
         stub.requests(),
         1,
@@ -457,7 +469,7 @@ async fn s17_oversized_headers_get_431_with_nothing_forwarded() {
 async fn s18_ambiguous_framing_gets_400_with_nothing_forwarded() {
     let stub = stub::start(LONG).await;
     let qp = proc::spawn(proc::env(stub.addr.port()));
-    let cases: [(&str, &[u8]); 10] = [
+    let cases: [(&str, &[u8]); 11] = [
         (
             "CL then TE",
             b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
@@ -489,7 +501,17 @@ async fn s18_ambiguous_framing_gets_400_with_nothing_forwarded() {
         ("invalid method token", b"G@T / HTTP/1.1\r\nHost: h\r\n\r\n"),
         ("CONNECT origin-form", b"CONNECT / HTTP/1.1\r\nHost: h\r\n\r\n"),
         ("HTTP/1.0 CONNECT", b"CONNECT h:80 HTTP/1.0\r\nHost: h\r\n\r\n"),
+        (
+            "identical Content-Lengths",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        ),
     ];
+    let mut ext = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1;e=".to_vec();
+    ext.extend(std::iter::repeat_n(b'x', 64 * 1024));
+    ext.extend_from_slice(b"\r\na\r\n0\r\n\r\n");
+    let cases = cases
+        .into_iter()
+        .chain([("64 KiB chunk extension", &ext[..])]);
     for (name, req) in cases {
         let (resp, closed) = raw(qp.serving, req).await;
         // The "second request" case first gets its well-formed GET answered.
@@ -500,6 +522,22 @@ async fn s18_ambiguous_framing_gets_400_with_nothing_forwarded() {
         );
         assert!(closed, "{name}: connection closed");
         assert!(!resp.contains("smuggled"), "{name}: {resp}");
+    }
+    // Transfer codings other than one `chunked` get Go's 501 (hyper would drop `gzip` and
+    // forward gzip bytes labelled `chunked`).
+    for te in [
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: identity, chunked\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+    ] {
+        let req = format!("POST / HTTP/1.1\r\nHost: h\r\n{te}\r\n3\r\nabc\r\n0\r\n\r\n");
+        let (resp, closed) = raw(qp.serving, req.as_bytes()).await;
+        assert!(resp.starts_with("HTTP/1.1 501"), "{te}: {resp}");
+        assert!(
+            resp.ends_with("Unsupported transfer encoding\n"),
+            "{te}: {resp}"
+        );
+        assert!(closed, "{te}: connection closed");
     }
     assert_eq!(
         stub.requests(),

@@ -368,10 +368,11 @@ async fn drive<I, S, B>(
         extra,
     } = conn;
     let first = first.map(|ext| std::sync::Mutex::new(Some(ext)));
+    let max_headers = opts.max_headers;
     let verdicts = Verdicts::default();
     let seen = verdicts.clone();
     let hsvc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        let rejected = reject_hostile(&req, &seen);
+        let rejected = reject_hostile(&req, &seen, max_headers);
         // The hold's extensions go to the first request only (a held connection's first
         // request is the one that was held: it is the first hyper parses).
         if let Some(ext) = first
@@ -469,13 +470,34 @@ async fn is_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
 
 /// The `400` for request shapes hyper accepts but a proxy must not forward (smuggling and
 /// tunnel confusion); `None` for everything else. HTTP/2 requests are framed by h2 and pass.
-fn reject_hostile<B>(req: &Request<B>, verdicts: &Verdicts) -> Option<Response<Full<Bytes>>> {
+fn reject_hostile<B>(
+    req: &Request<B>,
+    verdicts: &Verdicts,
+    max_headers: usize,
+) -> Option<Response<Full<Bytes>>> {
     if req.version() > Version::HTTP_11 {
+        // HTTP/1's field-count rule on HTTP/2 too: h2 bounds the head's bytes, not its fields.
+        if req.headers().len() > max_headers {
+            tracing::debug!(fields = req.headers().len(), "rejected an HTTP/2 head");
+            return Some(go_error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "431 Request Header Fields Too Large",
+            ));
+        }
         return None;
     }
     let why = match verdicts.next(req.headers()) {
         Verdict::Ambiguous => "both Content-Length and Transfer-Encoding",
         Verdict::BadChunk => "malformed chunked body",
+        Verdict::DuplicateLength => "multiple Content-Length values",
+        Verdict::UnsupportedCoding => {
+            tracing::debug!("rejected an unsupported transfer coding");
+            // Go's answer, word for word; the connection cannot be read further.
+            let mut resp = go_error(StatusCode::NOT_IMPLEMENTED, "Unsupported transfer encoding");
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return Some(resp);
+        }
         Verdict::Clean => "",
     };
     let why = if !why.is_empty() {

@@ -216,6 +216,32 @@ async fn streams_chunks_as_they_arrive_and_forwards_trailers_over_h2c() {
 }
 
 #[tokio::test]
+async fn http1_request_trailers_reach_an_http1_upstream() {
+    // The upstream answers with the trailers its request body ended with.
+    let up = start(|req: Request<Incoming>| async move {
+        let collected = req.into_body().collect().await.ok();
+        let t = collected
+            .as_ref()
+            .and_then(|c| c.trailers())
+            .and_then(|t| t.get("x-sum"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_owned();
+        Ok(Response::new(full(format!("trailer={t}"))))
+    })
+    .await;
+    let proxy = proxy_to(up).await;
+    let resp = raw(
+        proxy,
+        "POST / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nTrailer: X-Sum\r\n\
+         Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Sum: 42\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.ends_with("trailer=42"), "{resp}");
+}
+
+#[tokio::test]
 async fn h2_inbound_keeps_authority() {
     let up = echo_upstream().await;
     let proxy = proxy_to(up).await;

@@ -886,6 +886,27 @@ impl ProxyError {
         matches!(self, Self::Connect { .. } | Self::Request(_))
     }
 
+    /// True when the dial failed for lack of local resources (descriptors, memory, ports):
+    /// our own trouble, not the upstream's. Such a failure must not eject a healthy pod; the
+    /// request fails with 502 instead of being retried elsewhere, where it would fail the same.
+    pub fn is_local_exhaustion(&self) -> bool {
+        let Self::Connect { source, .. } = self else {
+            return false;
+        };
+        crate::error::cause_ref::<std::io::Error>(source.as_ref())
+            .and_then(std::io::Error::raw_os_error)
+            .is_some_and(|e| {
+                matches!(
+                    e,
+                    libc::EMFILE
+                        | libc::ENFILE
+                        | libc::ENOBUFS
+                        | libc::ENOMEM
+                        | libc::EADDRNOTAVAIL
+                )
+            })
+    }
+
     /// Go's `502 Bad Gateway` for this error: body `<error text>\n`, `text/plain`, `nosniff`.
     pub fn to_response(&self) -> Response<Full<Bytes>> {
         go_error(StatusCode::BAD_GATEWAY, &self.go_text())

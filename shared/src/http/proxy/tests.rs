@@ -547,3 +547,19 @@ async fn pool_keeps_at_most_max_idle_connections() {
     assert_eq!(up.inner.h1.idle_len(), 1);
     eventually(|| counts.get().1 == 2).await;
 }
+
+#[test]
+fn our_own_descriptor_exhaustion_is_not_an_upstream_failure() {
+    let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let err = |errno| ProxyError::connect(std::io::Error::from_raw_os_error(errno).into(), addr);
+    for local in [libc::EMFILE, libc::ENFILE, libc::EADDRNOTAVAIL] {
+        let e = err(local);
+        assert!(e.nothing_sent() && e.is_local_exhaustion(), "{e}");
+    }
+    assert!(!err(libc::ECONNREFUSED).is_local_exhaustion());
+    assert!(!ProxyError::UnexpectedUpgrade.is_local_exhaustion());
+    assert_eq!(
+        err(libc::EMFILE).to_string(),
+        "dial tcp 127.0.0.1:1: connect: too many open files"
+    );
+}

@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 /// Knobs of [`Streams`].
 #[derive(Clone, Copy, Debug)]
 pub struct H2Limits {
-    /// GOAWAY after this long without an open stream.
+    /// GOAWAY after this long without an open stream; zero: never.
     pub idle_timeout: Duration,
     /// Early resets tolerated per [`Self::reset_window`].
     pub early_resets: usize,
@@ -146,6 +146,10 @@ impl Streams {
     /// Resolves once no stream has been open for the idle timeout (give or take half of it:
     /// the clock is checked every half timeout, which keeps this to one timer).
     pub async fn idle(&self) {
+        if self.limits.idle_timeout.is_zero() {
+            // Zero turns the idle timeout off (as Go's `IdleTimeout`).
+            return std::future::pending().await;
+        }
         let tick = self.limits.idle_timeout / 2;
         let mut quiet_ticks = 0;
         let mut seen = self.epoch.load(Ordering::Relaxed);

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 
-use super::conn_limit::ConnectionLimit;
+use super::conn_limit::{ConnectionLimit, ConnectionPermit};
 use super::framing::{Inspect, Tracker, Verdict, Verdicts};
 use super::h2_guard::{H2Limits, StreamGuard, Streams};
 use super::park::{self, First, FirstHead, Rewind};
@@ -196,9 +196,21 @@ pub async fn serve_with<S, B>(
 {
     let limit = opts.connections.clone();
     let common = Common::new(opts, hold);
-    accept_loop(listener, limit, shutdown, move |stream, info, closing| {
-        connection(Arc::clone(&common), svc.clone(), stream, info, closing)
-    })
+    accept_loop(
+        listener,
+        limit,
+        shutdown,
+        move |stream, info, closing, permit| {
+            connection(
+                Arc::clone(&common),
+                svc.clone(),
+                stream,
+                info,
+                closing,
+                permit,
+            )
+        },
+    )
     .await;
 }
 
@@ -236,32 +248,38 @@ pub async fn serve_handshaken<S, B, H, Fut, I>(
 {
     let limit = opts.connections.clone();
     let common = Common::new(opts, None);
-    accept_loop(listener, limit, shutdown, move |stream, info, closing| {
-        let (common, svc) = (Arc::clone(&common), svc.clone());
-        // One deadline for the handshake and the first request head.
-        let deadline = Instant::now() + common.opts.header_read_timeout;
-        let hs = handshake(stream);
-        async move {
-            let done = tokio::select! {
-                r = tokio::time::timeout_at(deadline, hs) => r,
-                _ = closing.cancelled() => return,
-            };
-            let Ok(Some(h)) = done else {
-                tracing::debug!("handshake failed or timed out");
-                return;
-            };
-            let extra = (!h.extensions.is_empty()).then_some(h.extensions);
-            let io = Io {
-                io: h.io,
-                h2: h.h2,
-                pre: Vec::new(),
-                first: None,
-                extra,
-                deadline: Some(deadline),
-            };
-            drive(&common, svc, io, info, closing).await;
-        }
-    })
+    accept_loop(
+        listener,
+        limit,
+        shutdown,
+        move |stream, info, closing, permit| {
+            let (common, svc) = (Arc::clone(&common), svc.clone());
+            // One deadline for the handshake and the first request head.
+            let deadline = Instant::now() + common.opts.header_read_timeout;
+            let hs = handshake(stream);
+            async move {
+                let _permit = permit;
+                let done = tokio::select! {
+                    r = tokio::time::timeout_at(deadline, hs) => r,
+                    _ = closing.cancelled() => return,
+                };
+                let Ok(Some(h)) = done else {
+                    tracing::debug!("handshake failed or timed out");
+                    return;
+                };
+                let extra = (!h.extensions.is_empty()).then_some(h.extensions);
+                let io = Io {
+                    io: h.io,
+                    h2: h.h2,
+                    pre: Vec::new(),
+                    first: None,
+                    extra,
+                    deadline: Some(deadline),
+                };
+                drive(&common, svc, io, info, closing).await;
+            }
+        },
+    )
     .await;
 }
 
@@ -302,7 +320,7 @@ async fn accept_loop<F, Fut>(
     shutdown: CancellationToken,
     conn: F,
 ) where
-    F: Fn(TcpStream, ConnInfo, CancellationToken) -> Fut,
+    F: Fn(TcpStream, ConnInfo, CancellationToken, ConnectionPermit) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let local = listener.local_addr().ok();
@@ -321,11 +339,10 @@ async fn accept_loop<F, Fut>(
             drop(stream);
             continue;
         };
-        let fut = conn(stream, info, closing.clone());
-        tracker.spawn(async move {
-            fut.await;
-            drop(permit);
-        });
+        // The permit rides inside the connection's own future: wrapping that future in
+        // another async block would store it twice (the captured future and the awaited one),
+        // doubling every held connection's task.
+        tracker.spawn(conn(stream, info, closing.clone(), permit));
     }
     drop(listener);
     closing.cancel();
@@ -381,6 +398,7 @@ async fn connection<S, B>(
     stream: TcpStream,
     info: ConnInfo,
     closing: CancellationToken,
+    permit: ConnectionPermit,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
@@ -390,6 +408,7 @@ async fn connection<S, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let _permit = permit;
     let opts = &common.opts;
     // One deadline for the whole first head: sniffing, the hold's first-head read and hyper
     // each restarting a full timer let a trickled head stay three times as long.

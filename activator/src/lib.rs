@@ -304,10 +304,9 @@ pub(crate) async fn run_observed(
 /// The binary's process around [`run`]: binds the configured listeners, installs signal
 /// handlers, connects the stats sink. Exit code 1 on a second signal or a startup failure.
 pub async fn serve_process(config: Config) -> ExitCode {
+    // With the system's accept backlog (`somaxconn`), as Go listens.
     let bind = |addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("listening on {addr}: {e}"))
+        shared::http::listen::listen(addr).map_err(|e| format!("listening on {addr}: {e}"))
     };
     let listeners = async {
         Ok::<_, String>(Listeners {

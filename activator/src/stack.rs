@@ -41,6 +41,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use shared::error::BoxError;
 use shared::http::body::Guarded;
+use shared::http::detach::Detached;
 use shared::http::headers::{
     self, K_NETWORK_HASH, K_NETWORK_PROBE, KNATIVE_SERVING_NAMESPACE, KNATIVE_SERVING_REVISION,
     PROBE_ACTIVATOR, X_KNATIVE_ACTIVATOR_HOLD_MS,
@@ -660,7 +661,14 @@ impl Handler {
             }
             // Boxed: the hyper client's future is large and would otherwise be part of the
             // state of every held request, although it only exists once a pod was picked.
-            match Box::pin(lease.tracker().upstream.forward(out)).await {
+            let call = {
+                let t = Arc::clone(&tracker);
+                Box::pin(async move { t.upstream.forward(out).await })
+            };
+            // The lease stays taken until the pod has really answered, even when the client
+            // gives up first (containerConcurrency holds at the app; `shared::http::detach`).
+            let (result, lease) = Detached::new(call, lease, throttler.spec().timeout).await;
+            match result {
                 Ok(mut resp) => {
                     // Only the request log reads it: no cost on the request path otherwise.
                     if self.request_log.borrow().is_some() {
@@ -684,6 +692,7 @@ impl Handler {
                 }
                 Err(e)
                     if e.nothing_sent()
+                        && !e.is_local_exhaustion()
                         && retryable
                         && !lease.cluster_ip
                         && attempt < MAX_DIAL_ATTEMPTS =>

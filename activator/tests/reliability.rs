@@ -244,6 +244,33 @@ async fn a11_refused_pod_is_skipped_and_every_request_succeeds() {
 // === 18. Ambiguous framing ===
 
 /// The activator shares the server: CL + TE and a bad chunk get 400 and nothing is forwarded.
+/// Scenario 28 in the activator: CC 2 to one pod that takes 500 ms and ignores cancellation,
+/// clients that give up after 150 ms: the pod never has more than 2 requests at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a28_cc_holds_at_the_pod_when_clients_give_up() {
+    let pod = stub::start(LONG).await;
+    let act = Act::spawn("a28", &catalog(2, &[pod.addr]), &[]);
+    serving(&act).await;
+    let start = std::time::Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let addr = act.http1;
+        workers.spawn(async move {
+            let client = h1();
+            while start.elapsed() < Duration::from_secs(3) {
+                let _ = send(&client, addr, "/work?ms=500", Duration::from_millis(150)).await;
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    assert!(
+        pod.max() <= 2,
+        "the pod held {} requests at once with CC 2",
+        pod.max()
+    );
+    act.assert_no_panic();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a18_ambiguous_framing_gets_400_with_nothing_forwarded() {
     let pod = stub::start(LONG).await;
@@ -257,6 +284,12 @@ async fn a18_ambiguous_framing_gets_400_with_nothing_forwarded() {
         format!(
             "POST / HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
         ),
+        format!(
+            "POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"
+        ),
+        format!(
+            "POST / HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        ),
     ] {
         let mut s = tokio::net::TcpStream::connect(act.http1).await.unwrap();
         s.write_all(req.as_bytes()).await.unwrap();
@@ -266,7 +299,13 @@ async fn a18_ambiguous_framing_gets_400_with_nothing_forwarded() {
             .expect("connection closed")
             .unwrap();
         let resp = String::from_utf8_lossy(&buf);
-        assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+        // Go's 501 for a transfer coding other than one `chunked`, 400 for the rest.
+        let want = if req.contains("gzip") {
+            "HTTP/1.1 501"
+        } else {
+            "HTTP/1.1 400"
+        };
+        assert!(resp.starts_with(want), "{resp}");
     }
     assert_eq!(pod.requests() - before, 0);
     act.assert_no_panic();

@@ -23,10 +23,10 @@ use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use shared::http::server::ConnInfo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 /// The request header carrying the client's base64url `SETTINGS` payload.
 pub const HTTP2_SETTINGS: &str = "http2-settings";
@@ -188,16 +188,11 @@ where
         prefix: prefix.freeze(),
         inner: io,
     };
-    let hsvc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        if let Some(info) = info {
-            req.extensions_mut().insert(info);
-        }
-        svc.clone().oneshot(req)
-    });
-    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(io), hsvc)
-        .await?;
+    let info = info.ok_or("h2c upgrade: no connection info")?;
+    // The shared HTTP/2 server: idle timeout, early-reset bound and field-count rule as on a
+    // prior-knowledge connection.
+    let opts = shared::http::server::ServerOptions::default();
+    shared::http::server::serve_h2(io, svc, opts, info).await;
     Ok(())
 }
 

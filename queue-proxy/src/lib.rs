@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 pub use config::Config;
 use prometheus_client::registry::Registry;
 use shared::breaker::{Breaker, BreakerParams};
+use shared::http::listen::listen;
 use shared::http::proxy::{ClientOptions, Upstream};
 use shared::http::server::{ServerOptions, serve};
 use tokio::net::TcpListener;
@@ -76,9 +77,10 @@ async fn bind_any(ip: Option<std::net::IpAddr>, port: u16) -> std::io::Result<Tc
     }
     // Go's `:port` listens on every interface, IPv4 and IPv6; fall back to IPv4 where IPv6 is
     // unavailable.
-    match TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).await {
+    // With the system's accept backlog (`somaxconn`), as Go listens.
+    match listen(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))) {
         Ok(l) => Ok(l),
-        Err(_) => TcpListener::bind(("0.0.0.0", port)).await,
+        Err(_) => listen(SocketAddr::from(([0, 0, 0, 0], port))),
     }
 }
 

@@ -38,6 +38,7 @@ use hyper::body::Incoming;
 use shared::BoxError;
 use shared::breaker::{Breaker, QueueFull};
 use shared::http::body::Guarded;
+use shared::http::detach::Detached;
 use shared::http::headers::{
     self, FORWARDED, K_NETWORK_HASH, K_NETWORK_PROBE, K_ORIGINAL_HOST, KNATIVE_SERVING_NAMESPACE,
     KNATIVE_SERVING_REVISION, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
@@ -613,6 +614,8 @@ pub struct BreakerLayer<S> {
     inner: S,
     breaker: Option<Arc<Breaker>>,
     depth: Option<prometheus_client::metrics::gauge::Gauge>,
+    /// How long an abandoned request may keep its slot while the app finishes it.
+    hold_limit: Duration,
 }
 
 impl<S> BreakerLayer<S> {
@@ -626,9 +629,20 @@ impl<S> BreakerLayer<S> {
             inner,
             breaker,
             depth,
+            hold_limit: DEFAULT_HOLD_LIMIT,
         }
     }
+
+    /// Bounds how long a request whose client gave up keeps its slot (the revision timeout).
+    pub fn with_hold_limit(mut self, limit: Duration) -> Self {
+        self.hold_limit = limit;
+        self
+    }
 }
+
+/// Knative's default revision timeout: the bound on an abandoned request's slot unless
+/// [`BreakerLayer::with_hold_limit`] sets the revision's own.
+const DEFAULT_HOLD_LIMIT: Duration = Duration::from_secs(300);
 
 impl<S, B> Service<Request<B>> for BreakerLayer<S>
 where
@@ -663,6 +677,7 @@ where
         };
         depth.sync();
         let mut inner = take(&mut self.inner);
+        let hold_limit = self.hold_limit;
         Box::pin(async move {
             // `depth` is declared before the permit, so it drops after it (cancelled or failed
             // requests) and re-reads the occupancy once the slot is free.
@@ -674,9 +689,12 @@ where
             {
                 a.mark();
             }
-            let resp = inner.call(req).await?;
-            // A tuple drops its fields in order: the permit first, then the gauge update.
-            Ok(hold(resp, (permit, depth)))
+            // CC is a promise to the app: a client that gives up while the app works does not
+            // free the slot until the app has answered (or the revision timeout passed).
+            // A tuple drops its fields in order: the permit first, then the gauge update (also
+            // when the detached call ends later).
+            let (resp, guard) = Detached::new(inner.call(req), (permit, depth), hold_limit).await;
+            Ok(hold(resp?, guard))
         })
     }
 }
@@ -804,7 +822,7 @@ pub fn stack(
     let has_breaker = p.breaker.is_some();
     let client = UserClient::new(p.upstream);
     // The breaker is innermost so its permit covers exactly the upstream call and body.
-    let breaker = BreakerLayer::new(client, p.breaker, depth);
+    let breaker = BreakerLayer::new(client, p.breaker, depth).with_hold_limit(p.timeouts.total);
     // Stats wrap the breaker: queued and rejected requests are counted (Knative).
     let stats = StatsLayer::new(breaker, p.stats);
     let shim = ForwardedShim::new(stats);

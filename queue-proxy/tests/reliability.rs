@@ -224,7 +224,7 @@ async fn s07_bounded_queue_at_cc1_admits_11_and_rejects_39_at_once() {
 /// 64 clients send 10 KiB POSTs with a 1 s client timeout into CC = 2 whose upstream never
 /// answers, for 4 s. Every answer is a 503 or a client timeout (never 5xx of another kind), the
 /// upstream never sees more than 2 at once, RSS stays under a ceiling, and fds and gauges return
-/// to baseline once the clients are gone.
+/// to baseline once the clients are gone and the app has answered the abandoned requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s09_sustained_overload_stays_bounded_and_recovers() {
     const RSS_CEILING_KIB: u64 = 64 * 1024;
@@ -278,19 +278,20 @@ async fn s09_sustained_overload_stays_bounded_and_recovers() {
     }
     assert!(other.is_empty(), "unexpected answers: {other:?}");
     assert!(shed > 0 && timeouts > 0, "shed {shed}, timeouts {timeouts}");
-    // (The upstream's own concurrency is not asserted here: it notices a cancelled request only
-    // when it sees the connection close, after the queue-proxy has already freed the slot.
-    // Scenario 7 asserts the bound without cancellations.)
+    // The slot of a request whose client gave up is kept until the app answered (scenario
+    // 28), so the upstream never had more than CC at once.
+    assert!(stub.max() <= 2, "the upstream held {} at once", stub.max());
     assert!(
         peak < rss0 + RSS_CEILING_KIB,
         "RSS peaked at {peak} KiB from a {rss0} KiB baseline"
     );
+    // The app finishes the abandoned work; then the slots, the upstream connections and the
+    // fds are free, and a fresh request is served.
+    stub.release();
     eventually("fds back near baseline", DEADLINE, async || {
         qp.fds() <= fds0 + 4
     })
     .await;
-    // Cancelled requests left the queue and the upstream: a fresh request is served.
-    stub.release();
     assert_eq!(get(qp.serving, "/").await.0, StatusCode::OK);
     assert_gauges_settle(&qp).await;
     eprintln!(
@@ -441,6 +442,18 @@ async fn s17_oversized_headers_get_431_with_nothing_forwarded() {
             assert!(closed, "{name}: connection closed");
         }
     }
+    // The same field-count rule on HTTP/2 (h2 itself bounds only the head's bytes).
+    let mut req = Request::get(format!("http://{}/", qp.serving));
+    for i in 0..201 {
+        req = req.header(format!("x-h{i}"), "v");
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
+    let (status, _) = harness::send_request(&h2c(), req, DEADLINE).await.unwrap();
+    assert_eq!(
+        status,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "h2c 201 fields"
+    );
     assert_eq!(
         stub.requests(),
         1,
@@ -457,7 +470,7 @@ async fn s17_oversized_headers_get_431_with_nothing_forwarded() {
 async fn s18_ambiguous_framing_gets_400_with_nothing_forwarded() {
     let stub = stub::start(LONG).await;
     let qp = proc::spawn(proc::env(stub.addr.port()));
-    let cases: [(&str, &[u8]); 10] = [
+    let cases: [(&str, &[u8]); 11] = [
         (
             "CL then TE",
             b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
@@ -489,7 +502,17 @@ async fn s18_ambiguous_framing_gets_400_with_nothing_forwarded() {
         ("invalid method token", b"G@T / HTTP/1.1\r\nHost: h\r\n\r\n"),
         ("CONNECT origin-form", b"CONNECT / HTTP/1.1\r\nHost: h\r\n\r\n"),
         ("HTTP/1.0 CONNECT", b"CONNECT h:80 HTTP/1.0\r\nHost: h\r\n\r\n"),
+        (
+            "identical Content-Lengths",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        ),
     ];
+    let mut ext = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1;e=".to_vec();
+    ext.extend(std::iter::repeat_n(b'x', 64 * 1024));
+    ext.extend_from_slice(b"\r\na\r\n0\r\n\r\n");
+    let cases = cases
+        .into_iter()
+        .chain([("64 KiB chunk extension", &ext[..])]);
     for (name, req) in cases {
         let (resp, closed) = raw(qp.serving, req).await;
         // The "second request" case first gets its well-formed GET answered.
@@ -501,11 +524,243 @@ async fn s18_ambiguous_framing_gets_400_with_nothing_forwarded() {
         assert!(closed, "{name}: connection closed");
         assert!(!resp.contains("smuggled"), "{name}: {resp}");
     }
+    // Transfer codings other than one `chunked` get Go's 501 (hyper would drop `gzip` and
+    // forward gzip bytes labelled `chunked`).
+    for te in [
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: identity, chunked\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+    ] {
+        let req = format!("POST / HTTP/1.1\r\nHost: h\r\n{te}\r\n3\r\nabc\r\n0\r\n\r\n");
+        let (resp, closed) = raw(qp.serving, req.as_bytes()).await;
+        assert!(resp.starts_with("HTTP/1.1 501"), "{te}: {resp}");
+        assert!(
+            resp.ends_with("Unsupported transfer encoding\n"),
+            "{te}: {resp}"
+        );
+        assert!(closed, "{te}: connection closed");
+    }
     assert_eq!(
         stub.requests(),
         1,
         "only the well-formed GET before the smuggling attempt was forwarded"
     );
+    qp.assert_no_panic();
+}
+
+// === 23. Idle-connection flood ===
+
+/// The HTTP/2 preface and an empty SETTINGS frame: all an idle h2c client sends.
+const H2_HELLO: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+/// A descriptor limit of 256 (so the connection bound is 192) and 400 idle h2c connections:
+/// the ones over the bound are closed at once, a keep-alive client connected before the flood
+/// keeps being served (its upstream dials come from the reserve), the accept loop does not
+/// log a warning per connection, and once the flood leaves new clients are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s23_idle_connection_flood_is_shed_while_open_clients_are_served() {
+    let stub = stub::start(LONG).await;
+    let qp = proc::spawn_with_nofile(proc::env(stub.addr.port()), 256);
+    // A raw keep-alive connection, so no client pool can quietly dial a new one.
+    let mut kept = tokio::net::TcpStream::connect(qp.serving).await.unwrap();
+    async fn ask_on(s: &mut tokio::net::TcpStream) -> String {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut b = [0u8; 1024];
+        while !buf.ends_with(b"ok 0") {
+            let n = tokio::time::timeout(DEADLINE, s.read(&mut b))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                n > 0,
+                "kept connection closed: {}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&b[..n]);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+    assert!(ask_on(&mut kept).await.starts_with("HTTP/1.1 200"));
+    let mut flood = Vec::new();
+    for _ in 0..400 {
+        let Ok(mut s) = tokio::net::TcpStream::connect(qp.serving).await else {
+            continue;
+        };
+        if s.write_all(H2_HELLO).await.is_ok() {
+            flood.push(s);
+        }
+    }
+    // The shed ones see their connection closed.
+    let mut closed = 0;
+    for s in &mut flood {
+        let mut b = [0u8; 256];
+        loop {
+            match tokio::time::timeout(Duration::from_millis(20), s.read(&mut b)).await {
+                Ok(Ok(0) | Err(_)) => {
+                    closed += 1;
+                    break;
+                }
+                Ok(Ok(_)) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    assert!(closed >= 400 - 192, "{closed} of 400 shed");
+    // The client connected before the flood is served throughout.
+    for _ in 0..5 {
+        assert!(ask_on(&mut kept).await.starts_with("HTTP/1.1 200"));
+    }
+    // The accept loop's warnings are rate-limited (one per 10 s, with a count held back).
+    let out = qp.stdout.lock().unwrap().clone();
+    let noisy = out
+        .iter()
+        .filter(|l| l.contains("accept failed") || l.contains("too many open connections"))
+        .count();
+    assert!(noisy <= 2, "{noisy} accept-loop warnings");
+    drop(flood);
+    let url = format!("http://{}/", qp.serving);
+    eventually("new clients served after the flood", DEADLINE, async || {
+        send(&h1(), "GET", url.clone(), Bytes::new(), DEADLINE)
+            .await
+            .is_ok_and(|r| r.0 == StatusCode::OK)
+    })
+    .await;
+    qp.assert_no_panic();
+}
+
+// === 24. Paced rapid reset ===
+
+/// HEADERS, a pause, RST_STREAM, repeated on one h2c connection to an app that ignores
+/// cancellation at CC 1: the connection ends in GOAWAY long before 1 000 resets, and the app
+/// never has more than one request at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s24_paced_rapid_reset_ends_in_goaway() {
+    let stub = stub::start(LONG).await;
+    let mut env = proc::env(stub.addr.port());
+    proc::set(&mut env, "CONTAINER_CONCURRENCY", "1");
+    let qp = proc::spawn(env);
+    let io =
+        hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(qp.serving).await.unwrap());
+    let (mut send_req, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut resets = 0;
+    for _ in 0..1000 {
+        if send_req.ready().await.is_err() {
+            break;
+        }
+        let req = Request::get(format!("http://{}/work?ms=200", qp.serving))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        match tokio::time::timeout(Duration::from_millis(1), send_req.send_request(req)).await {
+            Ok(Err(_)) => break,
+            Ok(Ok(r)) => panic!("answered before the reset: {r:?}"),
+            Err(_) => resets += 1,
+        }
+    }
+    assert!(resets < 1000, "no GOAWAY after {resets} resets");
+    let _ = tokio::time::timeout(DEADLINE, conn)
+        .await
+        .expect("connection closed");
+    assert!(
+        stub.max() <= 1,
+        "the app held {} requests at CC 1",
+        stub.max()
+    );
+    qp.assert_no_panic();
+}
+
+// === 25. One header-read deadline ===
+
+/// A head that starts with "P" (it could be the HTTP/2 preface) and trickles the rest: closed
+/// at the one 2 s header deadline, not after a fresh timer per stage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s25_one_header_deadline_per_request_head() {
+    let stub = stub::start(LONG).await;
+    let mut env = proc::env(stub.addr.port());
+    proc::set(&mut env, "QUEUE_HEADER_READ_TIMEOUT_SECONDS", "2");
+    let qp = proc::spawn(env);
+    let start = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(qp.serving).await.unwrap();
+    s.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.write_all(b"OST / HTTP/1.1\r\nHost: h\r\n").await.unwrap();
+    for i in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if s.write_all(format!("X-{i}: v\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            break;
+        }
+        let mut b = [0u8; 64];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), s.read(&mut b)).await
+        {
+            break;
+        }
+    }
+    let open_for = start.elapsed();
+    assert!(
+        open_for < Duration::from_millis(3200),
+        "open for {open_for:?}"
+    );
+    assert_eq!(stub.requests(), 0);
+    qp.assert_no_panic();
+}
+
+// === 28. containerConcurrency holds at the app when clients give up ===
+
+/// Knative #13583's shape, shortened: CC 2, an app that takes 500 ms and ignores cancellation,
+/// 16 clients that give up after 150 ms and retry at once, for 3 s. The app never has more than
+/// 2 requests at once (the slot is kept until the app answered), and requests whose client had
+/// gone while queued are not forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s28_cc_holds_at_the_app_when_clients_give_up() {
+    let stub = stub::start(LONG).await;
+    let mut env = proc::env(stub.addr.port());
+    proc::set(&mut env, "CONTAINER_CONCURRENCY", "2");
+    let qp = proc::spawn(env);
+    assert_eq!(get(qp.serving, "/").await.0, StatusCode::OK);
+    let before = stub.requests();
+    let run = Duration::from_secs(3);
+    let start = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let addr = qp.serving;
+        workers.spawn(async move {
+            let client = h1();
+            while start.elapsed() < run {
+                let _ = send(
+                    &client,
+                    "GET",
+                    format!("http://{addr}/work?ms=500"),
+                    Bytes::new(),
+                    Duration::from_millis(150),
+                )
+                .await;
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    assert!(
+        stub.max() <= 2,
+        "the app held {} requests at once with CC 2",
+        stub.max()
+    );
+    // At most 2 slots × (3 s + the last 0.5 s) / 0.5 s reach the app.
+    let forwarded = stub.requests() - before;
+    assert!(forwarded <= 2 * 7 + 2, "{forwarded} forwarded");
+    // Once the abandoned work is done, the slots are free again.
+    eventually("slots freed", DEADLINE, async || {
+        get(qp.serving, "/").await.0 == StatusCode::OK
+    })
+    .await;
+    assert_gauges_settle(&qp).await;
     qp.assert_no_panic();
 }
 

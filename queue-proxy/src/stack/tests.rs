@@ -75,7 +75,7 @@ async fn breaker_admits_cc_queues_ten_cc_and_rejects_beyond() {
 }
 
 #[tokio::test]
-async fn client_going_away_frees_the_slot() {
+async fn client_going_away_frees_a_queued_slot_and_an_admitted_one_once_the_app_answers() {
     let (inner, mut handle) = pair();
     let breaker = Breaker::new(BreakerParams {
         queue_depth: 1,
@@ -95,10 +95,24 @@ async fn client_going_away_frees_the_slot() {
     );
     running.abort();
     let _ = running.await;
+    // The app still works on the abandoned request: CC holds at the app until it answers.
+    tokio::task::yield_now().await;
+    assert_eq!(
+        breaker.in_flight(),
+        1,
+        "an abandoned request keeps its slot while the app works"
+    );
+    _send.send_response(ok_resp("late"));
+    for _ in 0..100 {
+        if breaker.in_flight() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         breaker.in_flight(),
         0,
-        "an aborted request releases its permit"
+        "the slot is released once the app answered and the body was read"
     );
 }
 

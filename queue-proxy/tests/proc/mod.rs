@@ -66,7 +66,19 @@ fn local(addr: &str) -> SocketAddr {
 
 /// Starts the binary and waits (up to 20 s) for its four `listening` log lines.
 pub fn spawn(env: Vec<(&'static str, String)>) -> Qp {
-    let mut child = Command::new(BIN)
+    spawn_cmd(Command::new(BIN), env)
+}
+
+/// [`spawn`] with the soft and hard descriptor limit set to `nofile` (through `sh`'s `ulimit`,
+/// which then execs the binary: the pid is the queue-proxy's).
+pub fn spawn_with_nofile(env: Vec<(&'static str, String)>, nofile: u32) -> Qp {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", &format!("ulimit -n {nofile} && exec \"$0\""), BIN]);
+    spawn_cmd(cmd, env)
+}
+
+fn spawn_cmd(mut cmd: Command, env: Vec<(&'static str, String)>) -> Qp {
+    let mut child = cmd
         .env_clear()
         .envs(env)
         .stdout(Stdio::piped())

@@ -3,6 +3,8 @@
 //!
 //! - `/sleep?ms=N`: answers `slept` after N ms.
 //! - `/hold`: answers `held` once [`Stub::release`] is called.
+//! - `/work?ms=N`: answers `worked` after N ms, and keeps working (counted in flight) for the
+//!   N ms even if the connection is closed first (an app that ignores cancellation).
 //! - `/stream?chunks=N&size=S&ms=M`: a chunked body of N chunks of S bytes (`x`), M ms apart.
 //! - `/abort?after=B`: announces `Content-Length: 1000`, sends B bytes, then dies (crash
 //!   mid-body).
@@ -141,6 +143,17 @@ async fn handle(
         "/sleep" => {
             tokio::time::sleep(Duration::from_millis(param(&req, "ms").unwrap_or(0))).await;
             Ok(Response::new(full("slept")))
+        }
+        "/work" => {
+            // An app that ignores cancellation: the work goes on (and counts as in flight)
+            // for its full time even when the connection it came on is closed.
+            let ms = param(&req, "ms").unwrap_or(0);
+            let work = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                drop(guard);
+            });
+            let _ = work.await;
+            Ok(Response::new(full("worked")))
         }
         "/hold" => {
             let _ = gate.wait_for(|open| *open).await;

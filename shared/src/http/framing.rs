@@ -23,8 +23,10 @@ use std::task::{Context, Poll};
 use http::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Longest chunk-size or trailer line we follow; hyper rejects far shorter ones.
-const MAX_LINE: usize = 8 * 1024;
+/// Longest chunk-size or trailer line we accept (Go's chunked reader refuses longer lines too).
+/// Small enough that a huge chunk extension sent with the head is over it within hyper's first
+/// 8 KiB read, so the request is refused before it reaches the service.
+const MAX_LINE: usize = 4096;
 
 /// Header slots parsed on the stack (8 KiB, never initialised); larger limits use the heap.
 const STACK_HEADERS: usize = 256;
@@ -37,7 +39,13 @@ pub enum Verdict {
     /// Both `Content-Length` and `Transfer-Encoding`: reject with 400.
     Ambiguous,
     /// A malformed chunked body, seen before the request reached the service: reject with 400.
+    /// A chunk-size or trailer line longer than [`MAX_LINE`] (a huge chunk extension) counts.
     BadChunk,
+    /// More than one `Content-Length` value, even identical ones: reject with 400.
+    DuplicateLength,
+    /// An HTTP/1.1 `Transfer-Encoding` other than one field saying exactly `chunked`
+    /// (`gzip, chunked`, `identity, chunked`, two `chunked` lines): reject with 501, as Go.
+    UnsupportedCoding,
 }
 
 #[derive(Debug)]
@@ -138,7 +146,10 @@ impl Tracker {
                     let Some(end) = data.iter().position(|b| *b == b'\n') else {
                         self.buf.extend_from_slice(data);
                         if self.buf.len() > MAX_LINE {
+                            // A 64 KiB chunk extension: hyper would fail the body mid-request
+                            // (a 502 from the proxy); answer 400 before anything is forwarded.
                             self.state = State::Passthrough;
+                            verdict(Verdict::BadChunk);
                         }
                         return None;
                     };
@@ -147,6 +158,7 @@ impl Tracker {
                     if self.buf.len() > MAX_LINE {
                         // Same answer however the line was split across reads.
                         self.state = State::Passthrough;
+                        verdict(Verdict::BadChunk);
                         return None;
                     }
                     let line = std::mem::take(&mut self.buf);
@@ -205,24 +217,36 @@ impl Tracker {
                 return None;
             }
         };
-        let (mut cl, mut te, mut upgrade) = (Vec::new(), None, false);
+        let (mut cl, mut te, mut tes, mut upgrade) = (Vec::new(), None, 0usize, false);
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
                 cl.push(h.value);
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 te = Some(h.value);
+                tes += 1;
             } else if h.name.eq_ignore_ascii_case("upgrade") {
                 upgrade = true;
             }
         }
-        let ambiguous = te.is_some() && !cl.is_empty();
-        verdict(if ambiguous {
+        let v = if te.is_some() && !cl.is_empty() {
             Verdict::Ambiguous
+        } else if cl.len() > 1 || cl.iter().any(|v| v.contains(&b',')) {
+            // hyper folds identical values into one length; a proxy in front of us may have
+            // picked another line, so any repetition is refused (docs/queue-proxy.md).
+            Verdict::DuplicateLength
+        } else if req.version == Some(1)
+            && te.is_some_and(|te| tes > 1 || !te.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        {
+            // Go supports exactly one `Transfer-Encoding: chunked` field on HTTP/1.1 and
+            // answers 501 to anything else; hyper would drop `gzip` and hand on gzip bytes
+            // labelled only `chunked`. HTTP/1.0 ignores the field in Go; hyper frames it.
+            Verdict::UnsupportedCoding
         } else {
             Verdict::Clean
-        });
+        };
+        verdict(v);
         let connect = req.method == Some("CONNECT");
-        self.state = if ambiguous || upgrade || connect {
+        self.state = if v != Verdict::Clean || upgrade || connect {
             // hyper closes after an ambiguous request; after an upgrade the bytes are not HTTP.
             State::Passthrough
         } else if let Some(te) = te {
@@ -300,7 +324,7 @@ impl Verdicts {
             if v == Verdict::BadChunk {
                 // The body belongs to the newest head: amend its verdict if the service has not
                 // taken it yet (otherwise hyper fails the body mid-request, also never clean).
-                if let Some(last) = q.back_mut() {
+                if let Some(last) = q.back_mut().filter(|l| **l == Verdict::Clean) {
                     *last = Verdict::BadChunk;
                 }
             } else {

@@ -30,9 +30,10 @@
 //!
 //! # Request rewriting (Go `httputil.ReverseProxy`, `queue-proxy.md` §5.6)
 //! - Removes `Connection`, `Proxy-Connection`, `Keep-Alive`, `Proxy-Authenticate`,
-//!   `Proxy-Authorization`, `Te`, `Trailer`, `Transfer-Encoding`, `Upgrade` and every header
-//!   named in `Connection`; re-adds `Te: trailers` if the client's `Te` had it, and
-//!   `Connection: Upgrade` + `Upgrade: <proto>` on upgrade requests.
+//!   `Proxy-Authorization`, `Te`, `Transfer-Encoding`, `Upgrade` and every header named in
+//!   `Connection`; re-adds `Te: trailers` if the client's `Te` had it, and
+//!   `Connection: Upgrade` + `Upgrade: <proto>` on upgrade requests. `Trailer` is kept: it
+//!   announces the request's trailers, which hyper's HTTP/1 client sends only when announced.
 //! - Appends the TCP peer (from [`ConnInfo`] in the extensions) to `X-Forwarded-For`, joining
 //!   earlier values with `, `.
 //! - Keeps path, raw query, method, `Host`/`:authority`; adds no `User-Agent`, `Accept-Encoding`,
@@ -670,7 +671,14 @@ pub fn prepare_request<B>(req: &mut Request<B>) -> bool {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+        // `Trailer` announces the request's trailer fields, and hyper's HTTP/1 client sends
+        // only announced ones: without it an HTTP/1 upstream never sees them (Go's transport
+        // re-announces `req.Trailer` the same way).
+        let trailer: Vec<HeaderValue> = headers.get_all(TRAILER).iter().cloned().collect();
         strip_hop_by_hop(headers);
+        for v in trailer {
+            headers.append(TRAILER, v);
+        }
         if te_trailers {
             headers.insert(TE, HeaderValue::from_static("trailers"));
         }
@@ -876,6 +884,27 @@ impl ProxyError {
     /// another connection or pod.
     pub fn nothing_sent(&self) -> bool {
         matches!(self, Self::Connect { .. } | Self::Request(_))
+    }
+
+    /// True when the dial failed for lack of local resources (descriptors, memory, ports):
+    /// our own trouble, not the upstream's. Such a failure must not eject a healthy pod; the
+    /// request fails with 502 instead of being retried elsewhere, where it would fail the same.
+    pub fn is_local_exhaustion(&self) -> bool {
+        let Self::Connect { source, .. } = self else {
+            return false;
+        };
+        crate::error::cause_ref::<std::io::Error>(source.as_ref())
+            .and_then(std::io::Error::raw_os_error)
+            .is_some_and(|e| {
+                matches!(
+                    e,
+                    libc::EMFILE
+                        | libc::ENFILE
+                        | libc::ENOBUFS
+                        | libc::ENOMEM
+                        | libc::EADDRNOTAVAIL
+                )
+            })
     }
 
     /// Go's `502 Bad Gateway` for this error: body `<error text>\n`, `text/plain`, `nosniff`.

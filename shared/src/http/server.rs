@@ -16,6 +16,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -26,16 +27,22 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 
+use super::conn_limit::{ConnectionLimit, ConnectionPermit};
 use super::framing::{Inspect, Tracker, Verdict, Verdicts};
+use super::h2_guard::{H2Limits, StreamGuard, Streams};
 use super::park::{self, First, FirstHead, Rewind};
 use super::response::go_error;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4) a prior-knowledge h2c client sends first.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long an HTTP/2 connection sent GOAWAY for idleness or resets may take to finish.
+const GOAWAY_GRACE: Duration = Duration::from_secs(10);
 
 /// Largest request head we accept; larger heads get `431` from hyper. Knative's Go server allows
 /// 1 MiB; we document 64 KiB as a deliberate, safer limit (`docs/compatibility.md`).
@@ -50,14 +57,39 @@ pub struct ConnInfo {
     pub local: SocketAddr,
 }
 
+/// How often an accept loop may log the same trouble (failed accepts, shed connections).
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// A warning logged at most once per [`WARN_EVERY`], with the number of times it was held back.
+#[derive(Debug, Default)]
+struct Throttled {
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl Throttled {
+    /// Whether to log now, and how many occurrences were held back since the last log.
+    fn due(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self.last.is_some_and(|t| now < t + WARN_EVERY) {
+            self.held_back += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held_back))
+    }
+}
+
 /// The next connection of `listener` (with `TCP_NODELAY` set) and its [`ConnInfo`], or `None`
 /// once `shutdown` is cancelled. Accept errors (EMFILE and friends) back off 50 ms instead of
-/// spinning or ending the loop. `local` is the listener's address, read once by the caller.
+/// spinning or ending the loop, and are logged once per 10 s at most (with the count held
+/// back). `local` is the listener's address, read once by the caller.
 pub async fn accept(
     listener: &TcpListener,
     local: Option<SocketAddr>,
     shutdown: &CancellationToken,
 ) -> Option<(TcpStream, ConnInfo)> {
+    let mut warn = Throttled::default();
     loop {
         tokio::select! {
             biased;
@@ -75,7 +107,9 @@ pub async fn accept(
                     return Some((stream, info));
                 }
                 Err(error) => {
-                    tracing::warn!(error = %error, "accept failed");
+                    if let Some(held_back) = warn.due() {
+                        tracing::warn!(error = %error, held_back, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -92,8 +126,14 @@ pub struct ServerOptions {
     pub header_read_timeout: Duration,
     /// Largest request head in bytes (hyper answers 431 beyond it).
     pub max_header_bytes: usize,
-    /// Most header fields in one request (hyper answers 431 beyond it).
+    /// Most header fields in one request (hyper answers 431 beyond it; we answer 431 on
+    /// HTTP/2 beyond it too).
     pub max_headers: usize,
+    /// HTTP/2 idle timeout and early-reset bound ([`super::h2_guard`]).
+    pub h2: H2Limits,
+    /// Open client connections allowed; more are closed at accept. By default one budget for
+    /// the whole process, below its descriptor limit ([`super::conn_limit`]).
+    pub connections: ConnectionLimit,
 }
 
 impl Default for ServerOptions {
@@ -104,6 +144,8 @@ impl Default for ServerOptions {
             header_read_timeout: Duration::from_secs(60),
             max_header_bytes: MAX_HEADER_BYTES,
             max_headers: 200,
+            h2: H2Limits::default(),
+            connections: ConnectionLimit::process(),
         }
     }
 }
@@ -152,10 +194,23 @@ pub async fn serve_with<S, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let limit = opts.connections.clone();
     let common = Common::new(opts, hold);
-    accept_loop(listener, shutdown, move |stream, info, closing| {
-        connection(Arc::clone(&common), svc.clone(), stream, info, closing)
-    })
+    accept_loop(
+        listener,
+        limit,
+        shutdown,
+        move |stream, info, closing, permit| {
+            connection(
+                Arc::clone(&common),
+                svc.clone(),
+                stream,
+                info,
+                closing,
+                permit,
+            )
+        },
+    )
     .await;
 }
 
@@ -191,46 +246,103 @@ pub async fn serve_handshaken<S, B, H, Fut, I>(
     Fut: Future<Output = Option<Handshaken<I>>> + Send + 'static,
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let limit = opts.connections.clone();
     let common = Common::new(opts, None);
-    accept_loop(listener, shutdown, move |stream, info, closing| {
-        let (common, svc) = (Arc::clone(&common), svc.clone());
-        let hs = handshake(stream);
-        async move {
-            let limit = common.opts.header_read_timeout;
-            let done = tokio::select! {
-                r = tokio::time::timeout(limit, hs) => r,
-                _ = closing.cancelled() => return,
-            };
-            let Ok(Some(h)) = done else {
-                tracing::debug!("handshake failed or timed out");
-                return;
-            };
-            let extra = (!h.extensions.is_empty()).then_some(h.extensions);
-            let io = Io {
-                io: h.io,
-                h2: h.h2,
-                pre: Vec::new(),
-                first: None,
-                extra,
-            };
-            drive(&common, svc, io, info, closing).await;
-        }
-    })
+    accept_loop(
+        listener,
+        limit,
+        shutdown,
+        move |stream, info, closing, permit| {
+            let (common, svc) = (Arc::clone(&common), svc.clone());
+            // One deadline for the handshake and the first request head.
+            let deadline = Instant::now() + common.opts.header_read_timeout;
+            let hs = handshake(stream);
+            async move {
+                let _permit = permit;
+                let done = tokio::select! {
+                    r = tokio::time::timeout_at(deadline, hs) => r,
+                    _ = closing.cancelled() => return,
+                };
+                let Ok(Some(h)) = done else {
+                    tracing::debug!("handshake failed or timed out");
+                    return;
+                };
+                let extra = (!h.extensions.is_empty()).then_some(h.extensions);
+                let io = Io {
+                    io: h.io,
+                    h2: h.h2,
+                    pre: Vec::new(),
+                    first: None,
+                    extra,
+                    deadline: Some(deadline),
+                };
+                drive(&common, svc, io, info, closing).await;
+            }
+        },
+    )
     .await;
+}
+
+/// Serves HTTP/2 on an already established stream (the queue-proxy's `Upgrade: h2c`): the
+/// same HTTP/2 server as a prior-knowledge connection, idle timeout, early-reset bound and
+/// field-count rule included. Not tracked for graceful shutdown (upgraded connections are
+/// handed off, as the module docs say).
+pub async fn serve_h2<I, S, B>(io: I, svc: S, opts: ServerOptions, info: ConnInfo)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let common = Common::new(opts, None);
+    let io = Io {
+        io,
+        h2: true,
+        pre: Vec::new(),
+        first: None,
+        extra: None,
+        deadline: None,
+    };
+    drive(&common, svc, io, info, CancellationToken::new()).await;
 }
 
 /// Accepts until `shutdown`, runs `conn` for each connection, then asks them to finish
 /// (`closing`: HTTP/1 closes after the current response, HTTP/2 sends GOAWAY) and waits.
-async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: CancellationToken, conn: F)
-where
-    F: Fn(TcpStream, ConnInfo, CancellationToken) -> Fut,
+/// A connection beyond `limit` is closed at once: shedding it keeps descriptors for the
+/// connections already open and for the process's own dials.
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    limit: ConnectionLimit,
+    shutdown: CancellationToken,
+    conn: F,
+) where
+    F: Fn(TcpStream, ConnInfo, CancellationToken, ConnectionPermit) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let local = listener.local_addr().ok();
     let tracker = TaskTracker::new();
     let closing = CancellationToken::new();
+    let mut shed = Throttled::default();
     while let Some((stream, info)) = accept(&listener, local, &shutdown).await {
-        tracker.spawn(conn(stream, info, closing.clone()));
+        let Some(permit) = limit.try_acquire() else {
+            if let Some(held_back) = shed.due() {
+                tracing::warn!(
+                    max = limit.max(),
+                    held_back,
+                    "too many open connections; closing new ones"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        // The permit rides inside the connection's own future: wrapping that future in
+        // another async block would store it twice (the captured future and the awaited one),
+        // doubling every held connection's task.
+        tracker.spawn(conn(stream, info, closing.clone(), permit));
     }
     drop(listener);
     closing.cancel();
@@ -271,6 +383,9 @@ struct Io<I> {
     pre: Vec<u8>,
     first: Option<http::Extensions>,
     extra: Option<http::Extensions>,
+    /// When the first request head must be complete (HTTP/1: one deadline across sniffing,
+    /// the first-head read and hyper, as Go's ReadHeaderTimeout).
+    deadline: Option<Instant>,
 }
 
 /// One connection: protocol sniffing, the optional hold of its first request, then hyper.
@@ -283,6 +398,7 @@ async fn connection<S, B>(
     stream: TcpStream,
     info: ConnInfo,
     closing: CancellationToken,
+    permit: ConnectionPermit,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
@@ -292,10 +408,14 @@ async fn connection<S, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let _permit = permit;
     let opts = &common.opts;
+    // One deadline for the whole first head: sniffing, the hold's first-head read and hyper
+    // each restarting a full timer let a trickled head stay three times as long.
+    let deadline = Instant::now() + opts.header_read_timeout;
     let h2c = !opts.http1_only
         && tokio::select! {
-            sniffed = tokio::time::timeout(opts.header_read_timeout, is_h2_preface(&stream)) => {
+            sniffed = tokio::time::timeout_at(deadline, is_h2_preface(&stream)) => {
                 match sniffed {
                     Ok(Ok(h2c)) => h2c,
                     // Closed, failed or silent before sending anything decisive.
@@ -310,8 +430,8 @@ async fn connection<S, B>(
     let mut first = None;
     if let (false, Some(hook)) = (h2c, &common.hold) {
         let read = tokio::select! {
-            r = tokio::time::timeout(
-                opts.header_read_timeout,
+            r = tokio::time::timeout_at(
+                deadline,
                 park::first_request(&stream, &mut pre, hook.as_ref(), &info),
             ) => Some(r),
             _ = closing.cancelled() => None,
@@ -335,6 +455,8 @@ async fn connection<S, B>(
         io: stream,
         h2: h2c,
         pre,
+        // A held first request's head is complete; its wait is bounded by the hold.
+        deadline: first.is_none().then_some(deadline),
         first,
         extra: None,
     };
@@ -366,12 +488,20 @@ async fn drive<I, S, B>(
         pre,
         first,
         extra,
+        deadline,
     } = conn;
     let first = first.map(|ext| std::sync::Mutex::new(Some(ext)));
+    let max_headers = opts.max_headers;
     let verdicts = Verdicts::default();
     let seen = verdicts.clone();
+    let streams = h2c.then(|| Streams::new(opts.h2));
+    let counted = streams.clone();
+    let started = Arc::new(AtomicBool::new(false));
+    let head_seen = Arc::clone(&started);
     let hsvc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        let rejected = reject_hostile(&req, &seen);
+        head_seen.store(true, Ordering::Relaxed);
+        let mut guard = counted.as_ref().map(Streams::open);
+        let rejected = reject_hostile(&req, &seen, max_headers);
         // The hold's extensions go to the first request only (a held connection's first
         // request is the one that was held: it is the first hyper parses).
         if let Some(ext) = first
@@ -386,22 +516,42 @@ async fn drive<I, S, B>(
         req.extensions_mut().insert(info);
         let svc = svc.clone();
         async move {
-            if let Some(resp) = rejected {
-                return Ok::<_, Infallible>(resp.map(Either::Right));
+            let resp = match rejected {
+                Some(resp) => resp.map(Either::Right),
+                None => match svc.oneshot(req).await {
+                    Ok(r) => r.map(Either::Left),
+                    Err(never) => match never {},
+                },
+            };
+            // The stream stays open (for the idle clock) until hyper drops the body.
+            if let Some(g) = guard.as_mut() {
+                g.answered();
             }
-            svc.oneshot(req).await.map(|r| r.map(Either::Left))
+            Ok::<_, Infallible>(resp.map(|inner| Counted { inner, guard }))
         }
     });
-    let result = if h2c {
+    let result = if let Some(streams) = streams {
         Box::pin(async {
             let conn = common.h2.serve_connection(TokioIo::new(stream), hsvc);
             tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
+            let why = tokio::select! {
+                r = conn.as_mut() => return r,
                 _ = closing.cancelled() => {
                     conn.as_mut().graceful_shutdown();
-                    conn.await
+                    return conn.await;
                 }
+                _ = streams.idle() => "idle",
+                _ = streams.too_many_resets() => "too many early stream resets",
+            };
+            tracing::debug!(reason = why, remote = %info.remote, "HTTP/2 connection: GOAWAY");
+            conn.as_mut().graceful_shutdown();
+            // A client that neither acknowledges the GOAWAY's PING nor stops resetting is
+            // dropped; streams already answered get a grace period to finish.
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = streams.too_many_resets() => Ok(()),
+                _ = tokio::time::sleep(GOAWAY_GRACE) => Ok(()),
+                _ = closing.cancelled() => conn.await,
             }
         })
         .await
@@ -420,28 +570,75 @@ async fn drive<I, S, B>(
                 .serve_connection(TokioIo::new(io), hsvc)
                 .with_upgrades();
             tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = closing.cancelled() => {
-                    // hyper closes a connection it has not read from yet at once when asked
-                    // to shut down gracefully. One we read a head from (held through the start
-                    // of shutdown, say) has a request in flight: let hyper read it first, then
-                    // it finishes that request and closes.
-                    if replay {
-                        let first = std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx)));
-                        if let Poll::Ready(r) = first.await {
-                            return r;
+            // hyper's own header timer restarts when it starts reading; the connection's
+            // deadline (set before sniffing) bounds the first head as a whole.
+            let first_head = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(first_head);
+            let mut waiting = true;
+            loop {
+                tokio::select! {
+                    () = first_head.as_mut(), if waiting => {
+                        if !started.load(Ordering::Relaxed) {
+                            tracing::debug!(remote = %info.remote, "no request head by the header read deadline");
+                            return Ok(());
                         }
+                        waiting = false;
                     }
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+                    r = conn.as_mut() => return r,
+                    _ = closing.cancelled() => break,
                 }
             }
+            // hyper closes a connection it has not read from yet at once when asked to shut
+            // down gracefully. One we read a head from (held through the start of shutdown,
+            // say) has a request in flight: let hyper read it first, then it finishes that
+            // request and closes.
+            if replay {
+                let first = std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx)));
+                if let Poll::Ready(r) = first.await {
+                    return r;
+                }
+            }
+            conn.as_mut().graceful_shutdown();
+            conn.await
         })
         .await
     };
     if let Err(error) = result {
         tracing::debug!(error = %error, "connection ended with error");
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its HTTP/2 stream counted as open until hyper drops it.
+    struct Counted<B> {
+        #[pin]
+        inner: B,
+        guard: Option<StreamGuard>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -469,13 +666,34 @@ async fn is_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
 
 /// The `400` for request shapes hyper accepts but a proxy must not forward (smuggling and
 /// tunnel confusion); `None` for everything else. HTTP/2 requests are framed by h2 and pass.
-fn reject_hostile<B>(req: &Request<B>, verdicts: &Verdicts) -> Option<Response<Full<Bytes>>> {
+fn reject_hostile<B>(
+    req: &Request<B>,
+    verdicts: &Verdicts,
+    max_headers: usize,
+) -> Option<Response<Full<Bytes>>> {
     if req.version() > Version::HTTP_11 {
+        // HTTP/1's field-count rule on HTTP/2 too: h2 bounds the head's bytes, not its fields.
+        if req.headers().len() > max_headers {
+            tracing::debug!(fields = req.headers().len(), "rejected an HTTP/2 head");
+            return Some(go_error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "431 Request Header Fields Too Large",
+            ));
+        }
         return None;
     }
     let why = match verdicts.next(req.headers()) {
         Verdict::Ambiguous => "both Content-Length and Transfer-Encoding",
         Verdict::BadChunk => "malformed chunked body",
+        Verdict::DuplicateLength => "multiple Content-Length values",
+        Verdict::UnsupportedCoding => {
+            tracing::debug!("rejected an unsupported transfer coding");
+            // Go's answer, word for word; the connection cannot be read further.
+            let mut resp = go_error(StatusCode::NOT_IMPLEMENTED, "Unsupported transfer encoding");
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return Some(resp);
+        }
         Verdict::Clean => "",
     };
     let why = if !why.is_empty() {
@@ -579,5 +797,179 @@ mod tests {
             .await
             .expect("serve returns promptly")
             .unwrap();
+    }
+
+    /// A server whose service answers `/slow` never (until dropped) and everything else at once.
+    async fn start_with(opts: ServerOptions) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::clone(&calls);
+        let svc = tower::service_fn(move |req: Request<Incoming>| {
+            seen.fetch_add(1, Ordering::Relaxed);
+            async move {
+                if req.uri().path() == "/slow" {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            }
+        });
+        tokio::spawn(serve(l, svc, opts, CancellationToken::new()));
+        (addr, calls)
+    }
+
+    async fn h2_client(
+        addr: SocketAddr,
+    ) -> (
+        hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        (send, tokio::spawn(async move { drop(conn.await) }))
+    }
+
+    #[tokio::test]
+    async fn paced_early_resets_end_in_goaway() {
+        let opts = ServerOptions {
+            h2: H2Limits {
+                early_resets: 50,
+                ..H2Limits::default()
+            },
+            ..ServerOptions::default()
+        };
+        let (addr, calls) = start_with(opts).await;
+        let (mut send, conn) = h2_client(addr).await;
+        // HEADERS, a pause long enough for the service to start, RST_STREAM (dropping the
+        // response future cancels the stream), repeated: never a burst h2 would notice.
+        let mut sent = 0;
+        for _ in 0..1000 {
+            if send.ready().await.is_err() {
+                break;
+            }
+            let req = Request::get(format!("http://{addr}/slow"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let fut = send.send_request(req);
+            match tokio::time::timeout(Duration::from_millis(2), fut).await {
+                // Refused: the server sent GOAWAY.
+                Ok(Err(_)) => break,
+                Ok(Ok(r)) => panic!("the slow route never answers: {r:?}"),
+                Err(_) => sent += 1,
+            }
+        }
+        assert!(sent < 200, "GOAWAY after about 50 early resets, not {sent}");
+        tokio::time::timeout(DEADLINE, conn)
+            .await
+            .expect("connection closed")
+            .unwrap();
+        assert!(calls.load(Ordering::Relaxed) <= sent);
+    }
+
+    #[tokio::test]
+    async fn idle_h2c_connections_get_goaway() {
+        let opts = ServerOptions {
+            h2: H2Limits {
+                idle_timeout: Duration::from_millis(500),
+                ..H2Limits::default()
+            },
+            ..ServerOptions::default()
+        };
+        let (addr, _) = start_with(opts).await;
+        let (mut send, conn) = h2_client(addr).await;
+        send.ready().await.unwrap();
+        let req = Request::get(format!("http://{addr}/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        drop(resp);
+        // Idle from here: closed after 0.5–0.75 s (the deadline only bounds a hang).
+        tokio::time::timeout(DEADLINE, conn)
+            .await
+            .expect("idle connection closed")
+            .unwrap();
+        // A raw client that sends only the preface and SETTINGS is closed too.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(H2_PREFACE).await.unwrap();
+        s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        let mut sink = Vec::new();
+        tokio::time::timeout(DEADLINE, s.read_to_end(&mut sink))
+            .await
+            .expect("preface-only connection closed")
+            .ok();
+    }
+
+    #[tokio::test]
+    async fn one_header_deadline_across_sniffing_and_hyper() {
+        let opts = ServerOptions {
+            header_read_timeout: Duration::from_secs(2),
+            ..ServerOptions::default()
+        };
+        let (addr, calls) = start_with(opts).await;
+        let t = std::time::Instant::now();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // "P" could still be the HTTP/2 preface: the sniff waits for more.
+        s.write_all(b"P").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        s.write_all(b"OST / HTTP/1.1\r\nHost: h\r\n").await.unwrap();
+        // Then a header line every 200 ms, never the end of the head.
+        let closed = async {
+            for i in 0..50 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if s.write_all(format!("X-{i}: v\r\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let mut b = [0u8; 64];
+                if let Ok(Ok(0) | Err(_)) =
+                    tokio::time::timeout(Duration::from_millis(1), s.read(&mut b)).await
+                {
+                    return;
+                }
+            }
+        };
+        closed.await;
+        let open_for = t.elapsed();
+        // One 2 s deadline; with a fresh timer per stage it stayed open past 3.5 s.
+        assert!(open_for < Duration::from_millis(3200), "{open_for:?}");
+        assert_eq!(calls.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_bound_are_shed_and_open_ones_served() {
+        let opts = ServerOptions {
+            connections: ConnectionLimit::new(3),
+            ..ServerOptions::default()
+        };
+        let (addr, _) = start_with(opts).await;
+        let mut kept = TcpStream::connect(addr).await.unwrap();
+        let ask = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        kept.write_all(ask).await.unwrap();
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(DEADLINE, kept.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        let _idle1 = TcpStream::connect(addr).await.unwrap();
+        let _idle2 = TcpStream::connect(addr).await.unwrap();
+        // The fourth is accepted and closed at once.
+        let mut shed = TcpStream::connect(addr).await.unwrap();
+        let n = tokio::time::timeout(DEADLINE, shed.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+        // The open keep-alive connection is still served.
+        kept.write_all(ask).await.unwrap();
+        let n = tokio::time::timeout(DEADLINE, kept.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     }
 }

@@ -17,7 +17,7 @@ fn both_ways(raw: &[u8]) -> (Vec<Verdict>, bool) {
     whole
 }
 
-use Verdict::{Ambiguous, BadChunk, Clean};
+use Verdict::{Ambiguous, BadChunk, Clean, DuplicateLength, UnsupportedCoding};
 
 #[test]
 fn keep_alive_requests_each_get_a_verdict() {
@@ -102,7 +102,63 @@ fn oversized_heads_and_chunk_lines_stop_inspection_with_bounded_memory() {
     );
     t.feed(&[b'1'; MAX_LINE + 1], &mut |_| n += 1);
     assert!(t.is_passthrough());
-    assert_eq!(n, 1);
+    // The head's verdict, then the over-long chunk line's.
+    assert_eq!(n, 2);
+}
+
+#[test]
+fn transfer_codings_other_than_one_chunked_are_unsupported() {
+    let head = |te: &str| format!("POST / HTTP/1.1\r\nHost: h\r\n{te}\r\n0\r\n\r\n");
+    for te in [
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: identity, chunked\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: chunked, chunked\r\n",
+    ] {
+        assert_eq!(
+            both_ways(head(te).as_bytes()),
+            (vec![UnsupportedCoding], true),
+            "{te}"
+        );
+    }
+    // Case and surrounding blanks do not matter (Go compares case-insensitively).
+    assert_eq!(
+        both_ways(head("Transfer-Encoding:  Chunked \r\n").as_bytes()),
+        (vec![Clean], false)
+    );
+    // HTTP/1.0 is left to hyper's framing.
+    let old = b"POST / HTTP/1.0\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n";
+    assert_eq!(both_ways(old).0, vec![Clean]);
+}
+
+#[test]
+fn repeated_content_lengths_are_refused_even_when_identical() {
+    for cl in [
+        "Content-Length: 3\r\nContent-Length: 3\r\n",
+        "Content-Length: 3, 3\r\n",
+    ] {
+        let raw = format!("POST / HTTP/1.1\r\n{cl}\r\nabc");
+        assert_eq!(
+            both_ways(raw.as_bytes()),
+            (vec![DuplicateLength], true),
+            "{cl}"
+        );
+    }
+}
+
+#[test]
+fn a_64_kib_chunk_extension_is_a_bad_chunk() {
+    let mut raw = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;e=".to_vec();
+    raw.extend(std::iter::repeat_n(b'x', 64 * 1024));
+    raw.extend_from_slice(b"\r\na\r\n0\r\n\r\n");
+    let (v, pass) = both_ways(&raw);
+    assert_eq!((&v[..], pass), (&[Clean, BadChunk][..], true));
+    // Verdicts queue: the head's Clean was amended to BadChunk before the service took it.
+    let q = Verdicts::default();
+    for v in v {
+        q.push(v);
+    }
+    assert_eq!(q.next(&HeaderMap::new()), BadChunk);
 }
 
 #[test]

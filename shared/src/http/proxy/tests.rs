@@ -216,6 +216,32 @@ async fn streams_chunks_as_they_arrive_and_forwards_trailers_over_h2c() {
 }
 
 #[tokio::test]
+async fn http1_request_trailers_reach_an_http1_upstream() {
+    // The upstream answers with the trailers its request body ended with.
+    let up = start(|req: Request<Incoming>| async move {
+        let collected = req.into_body().collect().await.ok();
+        let t = collected
+            .as_ref()
+            .and_then(|c| c.trailers())
+            .and_then(|t| t.get("x-sum"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_owned();
+        Ok(Response::new(full(format!("trailer={t}"))))
+    })
+    .await;
+    let proxy = proxy_to(up).await;
+    let resp = raw(
+        proxy,
+        "POST / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nTrailer: X-Sum\r\n\
+         Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Sum: 42\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.ends_with("trailer=42"), "{resp}");
+}
+
+#[tokio::test]
 async fn h2_inbound_keeps_authority() {
     let up = echo_upstream().await;
     let proxy = proxy_to(up).await;
@@ -520,4 +546,20 @@ async fn pool_keeps_at_most_max_idle_connections() {
     assert_eq!(counts.get().0, 3);
     assert_eq!(up.inner.h1.idle_len(), 1);
     eventually(|| counts.get().1 == 2).await;
+}
+
+#[test]
+fn our_own_descriptor_exhaustion_is_not_an_upstream_failure() {
+    let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let err = |errno| ProxyError::connect(std::io::Error::from_raw_os_error(errno).into(), addr);
+    for local in [libc::EMFILE, libc::ENFILE, libc::EADDRNOTAVAIL] {
+        let e = err(local);
+        assert!(e.nothing_sent() && e.is_local_exhaustion(), "{e}");
+    }
+    assert!(!err(libc::ECONNREFUSED).is_local_exhaustion());
+    assert!(!ProxyError::UnexpectedUpgrade.is_local_exhaustion());
+    assert_eq!(
+        err(libc::EMFILE).to_string(),
+        "dial tcp 127.0.0.1:1: connect: too many open files"
+    );
 }

@@ -168,7 +168,8 @@ async fn an_unreachable_stats_sink_is_a_warning_once_per_outage() {
         .spawn()
         .unwrap();
     let lines = follow(&mut child);
-    let warned = |l: &str| l.contains("\"severity\":\"WARN\"") && l.contains("autoscaler connect");
+    let warned =
+        |l: &str| l.contains("\"severity\":\"WARNING\"") && l.contains("autoscaler connect");
     let seen = tokio::time::timeout(DEADLINE, async {
         while count(&lines, warned) == 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -6,8 +6,10 @@
 //!
 //! Skips, printing why, when no engine can build and run a container on this machine.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+mod local_support;
+use local_support::{free_port, get};
+
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -40,13 +42,6 @@ fn repo() -> PathBuf {
 fn on_path(p: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 fn wait_until(within: Duration, what: &str, log: &dyn Fn() -> String, mut f: impl FnMut() -> bool) {
@@ -209,23 +204,6 @@ fn kill(pid: u32, sig: rustix::process::Signal) -> rustix::io::Result<()> {
         .and_then(rustix::process::Pid::from_raw)
         .ok_or(rustix::io::Errno::INVAL)?;
     rustix::process::kill_process(pid, sig)
-}
-
-fn get(port: u16, path: &str, host: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((code, body.to_owned()))
 }
 
 const HOST: &str = "hello-image.default.example.com";

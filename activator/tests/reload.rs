@@ -3,35 +3,16 @@
 //! prints `file:line: field: message`, a traffic-only edit splits without a new revision. Four
 //! clients send requests the whole time: 0 errors.
 
+mod local_support;
+use local_support::{bin_dir, free_port, get};
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn bin_dir() -> PathBuf {
-    let activator = Path::new(env!("CARGO_BIN_EXE_activator"));
-    let dir = activator.parent().expect("binary dir").to_path_buf();
-    for b in ["queue-proxy", "helloworld"] {
-        assert!(
-            dir.join(b).is_file(),
-            "{b} is not built next to the activator in {}: run `cargo test --workspace` \
-             (or `cargo build -p queue-proxy -p examples` first)",
-            dir.display()
-        );
-    }
-    dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 fn yaml(target: &str, extra_spec: &str, traffic: &str) -> String {
     format!(
@@ -59,23 +40,6 @@ fn save(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).expect("write");
     std::fs::rename(&tmp, path).expect("rename");
-}
-
-fn get(port: u16, path: &str, host: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((code, body.to_owned()))
 }
 
 struct Killed(Child);
